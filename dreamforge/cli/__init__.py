@@ -1,0 +1,1 @@
+"""The ``df`` command line. Thin: parse, call the job service, render."""

@@ -1,0 +1,78 @@
+"""The queue: a doorbell that carries job ids. Huey on a SQLite file or on Redis, chosen by URL.
+
+Huey does not acknowledge tasks: a worker killed mid-task loses its message. That is fine here,
+because the job store is the truth and a job left running by a dead worker is found there
+(see JobStore.reclaim_stale) and enqueued again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from huey import Huey, RedisHuey, SqliteHuey
+
+from dreamforge.errors import BackendUnavailable
+
+TASK_NAME = "jobs.generate"
+
+# The worker installs the handler; producers never run the task, they only enqueue it.
+_handler: Callable[[str], Any] | None = None
+
+
+def set_task_handler(handler: Callable[[str], Any] | None) -> None:
+    global _handler
+    _handler = handler
+
+
+def _generate(job_id: str) -> None:
+    if _handler is None:
+        raise RuntimeError("no worker runtime is installed in this process")
+    _handler(job_id)
+
+
+def make_huey(url: str, name: str = "dreamforge") -> Huey:
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteHuey(name=name, filename=str(path), results=False, timeout=30)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        # Blocking pops: an idle worker wakes the moment a job is pushed, no polling delay.
+        return RedisHuey(name=name, url=url, results=False, blocking=True, read_timeout=1,
+                         socket_connect_timeout=3, socket_timeout=10, health_check_interval=15)
+    raise ValueError(f"unsupported DF_QUEUE_URL scheme: {url.split(':', 1)[0]!r} "
+                     "(use sqlite:///PATH or redis://HOST:PORT/DB)")
+
+
+class JobQueue:
+    def __init__(self, url: str, name: str = "dreamforge"):
+        self.url = url
+        self.huey = make_huey(url, name)
+        self.generate_task = self.huey.task(name=TASK_NAME)(_generate)
+
+    def enqueue(self, job_id: str) -> None:
+        try:
+            self.generate_task(job_id)
+        except Exception as exc:  # redis.ConnectionError, sqlite3.OperationalError, …
+            raise BackendUnavailable(f"queue unreachable: {type(exc).__name__}") from exc
+
+    def depth(self) -> int:
+        try:
+            return self.huey.pending_count()
+        except Exception as exc:
+            raise BackendUnavailable(f"queue unreachable: {type(exc).__name__}") from exc
+
+    def ping(self) -> None:
+        self.depth()
+
+    def pending_job_ids(self) -> list[str]:
+        return [task.args[0] for task in self.huey.pending() if task.args]
+
+    def describe(self) -> str:
+        from dreamforge.settings import mask_url
+
+        return mask_url(self.url)
+
+    def flush(self) -> None:
+        self.huey.storage.flush_queue()

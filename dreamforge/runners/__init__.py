@@ -1,0 +1,60 @@
+"""Runners turn a request into an image. Two implementations: Pillow (fake) and SDXL (Diffusers).
+
+Heavy imports stay behind this seam: nothing here imports torch; ``runners.sdxl`` does, and only
+inside the runner's child process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from dreamforge.settings import Settings
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+
+
+@dataclass
+class GeneratedImage:
+    image: "Image.Image"
+    seed: int
+
+
+class Runner(Protocol):
+    """One image per call. ``on_progress(current, total)`` is called after every step;
+    failures raise RunnerError with the job's error code."""
+
+    name: str
+
+    def warm(self) -> None:
+        """Load what the first job would otherwise wait for."""
+        ...
+
+    def generate(self, request: Generation, on_progress: ProgressCallback) -> GeneratedImage: ...
+
+    def close(self) -> None: ...
+
+
+def make_runner(settings: "Settings") -> Runner:
+    if settings.fake_runner:
+        from dreamforge.runners.fake import FakeRunner
+
+        return FakeRunner(step_delay_s=settings.fake_step_delay_s)
+    from dreamforge.runners.child import ChildRunner
+
+    return ChildRunner(settings)

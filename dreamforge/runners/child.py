@@ -1,0 +1,146 @@
+"""The SDXL runner's parent side: a warm child process that holds the pipeline across jobs.
+
+The model lives in a spawned child so that a segfault or a CUDA crash takes down only the child:
+the job fails with ``runner_crashed`` and the next job gets a fresh child (which loads the model
+again). The child speaks over a pipe: ``ready``, ``progress`` after every step, ``result`` or
+``error``. Silence longer than DF_STEP_TIMEOUT_S means a hung child; it is killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from dreamforge.errors import RunnerError
+from dreamforge.runners import GeneratedImage, Generation, ProgressCallback
+
+if TYPE_CHECKING:
+    from dreamforge.settings import Settings
+
+log = logging.getLogger("dreamforge.runner")
+
+
+def model_not_found(settings: "Settings") -> RunnerError | None:
+    path, chosen_by = settings.model_path()
+    if path.exists():
+        return None
+    return RunnerError(
+        f"no SDXL checkpoint at {path} (chosen by {chosen_by}); put a .safetensors file or a "
+        "Diffusers folder there, point DF_GENERATE_MODEL_PATH (or DF_MODELS_ROOT + "
+        "DF_DEFAULT_MODEL_DIR) at one, or set DF_FAKE_RUNNER=1 for the Pillow runner",
+        code="model_not_found", details={"path": str(path), "chosen_by": chosen_by})
+
+
+class ChildRunner:
+    name = "sdxl"
+
+    def __init__(self, settings: "Settings"):
+        self.settings = settings
+        self._ctx = multiprocessing.get_context("spawn")
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times a child loaded the model: once per worker when all is well
+
+    # -- child management -----------------------------------------------------------------------
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def _start(self) -> None:
+        missing = model_not_found(self.settings)
+        if missing:
+            raise missing
+        from dreamforge.runners import sdxl_child
+
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=sdxl_child.main,
+                                       args=(child, self.settings.model_dump(mode="json")),
+                                       name="df-sdxl", daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        message = self._receive(self.settings.load_timeout_s, "loading the model")
+        if message[0] == "error":
+            self._reap()
+            raise RunnerError(message[2], code=message[1], details=message[3] if len(message) > 3 else None)
+        self.loads += 1
+        log.info("SDXL child %d ready: %s", self._proc.pid, message[1])
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join(timeout=10)
+        if self._conn is not None:
+            self._conn.close()
+        self._proc, self._conn = None, None
+
+    def _receive(self, timeout_s: float, doing: str) -> tuple[Any, ...]:
+        assert self._conn is not None and self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._conn.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+                try:
+                    return self._conn.recv()
+                except (EOFError, OSError):
+                    pass  # the child closed its end: it died; report below
+            if not self._proc.is_alive() or self._conn.closed:
+                code = self._proc.exitcode
+                self._reap()
+                raise RunnerError(f"the runner process died while {doing} (exit code {code}); "
+                                  "the next job starts a fresh one", code="runner_crashed",
+                                  details={"exit_code": code})
+            if time.monotonic() >= deadline:
+                self._reap()
+                raise RunnerError(f"the runner process said nothing for {timeout_s:.0f} s while "
+                                  f"{doing}; it was stopped", code="runner_timeout")
+
+    # -- the Runner interface -------------------------------------------------------------------
+    def warm(self) -> None:
+        with self._lock:
+            try:
+                if not self._alive():
+                    self._start()
+            except RunnerError as exc:
+                # The worker still starts: each job will report the problem on its own.
+                log.error("runner not ready: %s: %s", exc.code, exc.message)
+
+    def generate(self, request: Generation, on_progress: ProgressCallback) -> GeneratedImage:
+        with self._lock:
+            if not self._alive():
+                self._start()
+            assert self._conn is not None
+            self._conn.send(("generate", request))
+            while True:
+                message = self._receive(self.settings.step_timeout_s, "generating")
+                kind = message[0]
+                if kind == "progress":
+                    try:
+                        on_progress(message[1], message[2])
+                    except BaseException:
+                        # Nobody wants this image any more; a fresh child is cheaper than a
+                        # protocol for cancelling mid-step.
+                        self._reap()
+                        raise
+                elif kind == "result":
+                    from PIL import Image
+
+                    mode, size, data, seed = message[1:]
+                    return GeneratedImage(Image.frombytes(mode, size, data), seed)
+                elif kind == "error":
+                    raise RunnerError(message[2], code=message[1])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._alive():
+                assert self._conn is not None
+                try:
+                    self._conn.send(("stop",))
+                    self._proc.join(timeout=10)
+                except (OSError, BrokenPipeError):
+                    pass
+            self._reap()

@@ -1,0 +1,99 @@
+"""Settings, read once at the edges (CLI, server, worker) and passed down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_PATH = "~/.cache/dream-forge/civitai/epicrealismXL_working.safetensors"
+SECRET_NAMES = ("DF_API_TOKEN", "DF_S3_SECRET_ACCESS_KEY", "DF_S3_ACCESS_KEY_ID")
+
+
+def default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
+    return Path(xdg).expanduser() / "dreamforge"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DF_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    queue_url: str = ""
+    storage_url: str = ""
+    bucket: str = "dreamforge"
+
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    s3_create_bucket: bool = True
+    s3_presign_expiry_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    s3_retries: int = Field(default=4, ge=1, le=20)
+    s3_timeout_s: float = Field(default=10.0, gt=0)
+
+    fake_runner: bool = False
+    fake_step_delay_s: float = Field(default=0.02, ge=0)
+    generate_model_path: str | None = None
+    models_root: str | None = None
+    default_model_dir: str | None = None
+    device: str = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    vae_path: str | None = None
+    compile: bool = False
+    # The child reports after every step; this much silence means it hung. Loading gets longer.
+    step_timeout_s: float = Field(default=600.0, gt=0)
+    load_timeout_s: float = Field(default=1800.0, gt=0)
+    compile_cache_dir: Path | None = None
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8001, ge=1, le=65535)
+    api_token: SecretStr | None = None
+
+    # A worker is "live" while its heartbeat is younger than worker_timeout_s.
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    worker_timeout_s: float = Field(default=15.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    # SIGTERM lets a running job finish for this long before it is handed back to the queue.
+    shutdown_grace_s: float = Field(default=600.0, ge=0)
+    queue_name: str = "dreamforge"
+    # How fast an idle consumer polls a queue that cannot block (SQLite).
+    poll_interval_s: float = Field(default=0.02, gt=0)
+
+    @model_validator(mode="after")
+    def _fill_urls(self) -> "Settings":
+        self.data_dir = self.data_dir.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'dreamforge.db'}"
+        if not self.queue_url:
+            self.queue_url = f"sqlite:///{self.data_dir / 'queue.db'}"
+        if not self.storage_url:
+            self.storage_url = f"file://{self.data_dir / 'artifacts'}"
+        return self
+
+    def model_path(self) -> tuple[Path, str]:
+        """The checkpoint to load and the setting that chose it."""
+        if self.generate_model_path:
+            return Path(self.generate_model_path).expanduser(), "DF_GENERATE_MODEL_PATH"
+        if self.models_root:
+            root = Path(self.models_root).expanduser()
+            if self.default_model_dir:
+                return root / self.default_model_dir, "DF_MODELS_ROOT + DF_DEFAULT_MODEL_DIR"
+            # The models volume is the host's ~/.cache/dream-forge, so the default file keeps its place.
+            return root / "civitai" / Path(DEFAULT_MODEL_PATH).name, "DF_MODELS_ROOT"
+        return Path(DEFAULT_MODEL_PATH).expanduser(), "the default DF_GENERATE_MODEL_PATH"
+
+
+def mask_url(url: str) -> str:
+    """Hide a password inside a URL (postgresql://user:pw@host → user:***@host)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    if ":" in creds:
+        creds = creds.split(":", 1)[0] + ":***"
+    return f"{scheme}://{creds}@{host}"

@@ -1,0 +1,108 @@
+"""Artifact stores: where finished images live. A local folder or an S3 bucket, one interface.
+
+Both use the same key layout (``artifact_key``); the local store writes ``<root>/<bucket>/<key>``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from dreamforge.errors import StorageError
+
+if TYPE_CHECKING:
+    from dreamforge.settings import Settings
+
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def artifact_key(job_id: str, created: datetime, item: int, width: int, height: int, seed: int,
+                 fmt: str) -> str:
+    ts = created.strftime("%Y%m%dT%H%M%SZ")
+    return (f"dreamforge/default/jobs/{job_id}/generate/"
+            f"{ts}_{item}_{width}x{height}_{seed}.{EXTENSIONS[fmt]}")
+
+
+class ArtifactStore(Protocol):
+    """Stores bytes under a key. ``put`` is all-or-nothing: a reader never sees half an object."""
+
+    def put(self, key: str, data: bytes, content_type: str, sha256: str) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def locate(self, key: str) -> dict[str, str]:
+        """How a client fetches the object: {"url": …} and, for a local file, {"path": …}."""
+        ...
+
+    def check(self) -> None:
+        """Raise StorageError when the store can't be reached."""
+        ...
+
+    def describe(self) -> str: ...
+
+
+class LocalStore:
+    def __init__(self, root: Path, bucket: str):
+        self.root = root
+        self.bucket = bucket
+
+    def path(self, key: str) -> Path:
+        path = (self.root / self.bucket / key).resolve()
+        if not path.is_relative_to((self.root / self.bucket).resolve()):
+            raise StorageError(f"artifact key escapes the store: {key!r}")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str, sha256: str) -> None:
+        path = self.path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StorageError(f"could not write {path}: {exc.strerror or exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"could not read {self.path(key)}: {exc.strerror or exc}") from exc
+
+    def locate(self, key: str) -> dict[str, str]:
+        path = self.path(key)
+        return {"url": path.as_uri(), "path": str(path)}
+
+    def check(self) -> None:
+        target = self.root / self.bucket
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"artifact folder {target} is not writable: {exc.strerror}") from exc
+        if not os.access(target, os.W_OK):
+            raise StorageError(f"artifact folder {target} is not writable")
+
+    def describe(self) -> str:
+        return f"local folder {self.root / self.bucket}"
+
+
+def make_store(settings: "Settings") -> ArtifactStore:
+    url = settings.storage_url
+    if url.startswith("file://"):
+        return LocalStore(Path(url[len("file://"):]).expanduser(), settings.bucket)
+    if url.startswith("s3://"):
+        from dreamforge.s3 import S3Store
+
+        return S3Store.from_settings(settings)
+    raise ValueError(f"unsupported DF_STORAGE_URL scheme: {url.split(':', 1)[0]!r} "
+                     "(use file:///PATH or s3://BUCKET)")

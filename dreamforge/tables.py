@@ -1,0 +1,95 @@
+"""The job store's tables (SQLModel): jobs, steps, events, artifacts, and the workers' heartbeats."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_type=sa.DateTime(timezone=True), **kw)
+
+
+def _json(**kw: Any) -> Any:
+    return Field(sa_type=sa.JSON, **kw)
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: str = Field(primary_key=True, max_length=36)
+    type: str = Field(max_length=32)
+    status: str = Field(index=True, max_length=16)
+    params: dict = _json()
+    idempotency_key_hash: str | None = Field(default=None, unique=True, max_length=64)
+    request_hash: str | None = Field(default=None, max_length=64)
+    correlation_id: str | None = Field(default=None, max_length=255)
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = None
+    error_details: Any = _json(default=None, nullable=True)
+    attempts: int = 0
+    worker_id: str | None = Field(default=None, max_length=255)
+    heartbeat_at: datetime | None = _ts(default=None)
+    created_at: datetime = _ts(index=True)
+    updated_at: datetime = _ts()
+    started_at: datetime | None = _ts(default=None)
+    finished_at: datetime | None = _ts(default=None)
+
+
+class Step(SQLModel, table=True):
+    __tablename__ = "steps"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=36, ondelete="CASCADE")
+    name: str = Field(max_length=32)
+    status: str = Field(max_length=16)
+    progress_current: int = 0
+    progress_total: int = 0
+    seed: int | None = Field(default=None, sa_type=sa.BigInteger)
+    started_at: datetime | None = _ts(default=None)
+    finished_at: datetime | None = _ts(default=None)
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=36, ondelete="CASCADE")
+    at: datetime = _ts()
+    kind: str = Field(max_length=16)
+    payload: dict = _json()
+
+
+class Artifact(SQLModel, table=True):
+    __tablename__ = "artifacts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=36, ondelete="CASCADE")
+    step_id: int | None = Field(default=None, foreign_key="steps.id")
+    item_index: int = 0
+    seed: int = Field(sa_type=sa.BigInteger)
+    width: int
+    height: int
+    format: str = Field(max_length=8)
+    s3_key: str = Field(unique=True, max_length=512)
+    size_bytes: int
+    sha256: str = Field(max_length=64)
+    created_at: datetime = _ts()
+
+
+class Worker(SQLModel, table=True):
+    __tablename__ = "workers"
+
+    id: str = Field(primary_key=True, max_length=255)
+    hostname: str = Field(max_length=255)
+    pid: int
+    started_at: datetime = _ts()
+    heartbeat_at: datetime = _ts(index=True)
+    stopped_at: datetime | None = _ts(default=None)

@@ -1,0 +1,163 @@
+"""The worker: Huey's consumer around one Executor, plus the heartbeat that keeps jobs honest.
+
+Heartbeats serve two ends: ``df generate --wait`` asks whether any worker is alive, and every
+worker's heartbeat loop also reclaims jobs whose holder went silent (a SIGKILLed worker, a lost
+host), putting them back on the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from huey import signals as huey_signals
+
+from dreamforge.errors import DreamForgeError
+from dreamforge.lifecycle import Executor
+from dreamforge.queue import JobQueue, set_task_handler
+from dreamforge.runners import Runner
+from dreamforge.settings import Settings
+from dreamforge.storage import ArtifactStore
+from dreamforge.store import JobStore
+
+log = logging.getLogger("dreamforge.worker")
+
+
+def new_worker_id(kind: str = "worker") -> str:
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Heartbeat:
+    """A daemon thread: every interval, tell the store we are alive and reclaim stale jobs.
+
+    ``register`` False is for the CLI's in-process run: it keeps its own job's heartbeat but is
+    not a worker other CLIs may hand jobs to.
+    """
+
+    def __init__(self, settings: Settings, store: JobStore, queue: JobQueue, executor: Executor,
+                 register: bool = True):
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.executor = executor
+        self.register = register
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="df-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def beat(self) -> None:
+        active = self.executor.active()
+        if self.register:
+            self.store.worker_heartbeat(self.executor.worker_id, socket.gethostname(), os.getpid(),
+                                        active)
+        else:
+            for job_id in active:
+                self.store.job_heartbeat(job_id, self.executor.worker_id)
+        for job_id, status in self.store.reclaim_stale(self.settings.worker_timeout_s,
+                                                       self.settings.max_attempts):
+            log.warning("[job=%s] its worker went silent: now %s", job_id, status)
+            if status == "queued":
+                self.queue.enqueue(job_id)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval_s):
+            try:
+                self.beat()
+            except DreamForgeError as exc:
+                log.warning("heartbeat failed (will retry): %s", exc.message)
+            except Exception:
+                log.exception("heartbeat failed (will retry)")
+
+
+def run_worker(settings: Settings, store: JobStore, queue: JobQueue, storage: ArtifactStore,
+               runner: Runner, concurrency: int = 1) -> None:
+    """Run until SIGTERM or SIGINT. SIGTERM (what ``docker stop`` sends) drains: no new jobs, the
+    current ones finish within DF_SHUTDOWN_GRACE_S, and whatever is still running then is handed
+    back to the queue. SIGINT stops at once and hands running jobs back."""
+    executor = Executor(store, storage, runner, new_worker_id())
+    heartbeat = Heartbeat(settings, store, queue, executor)
+
+    @queue.huey.signal(huey_signals.SIGNAL_INTERRUPTED)
+    def _hand_back(_signal: str, task: object, *_: object) -> None:
+        job_id = getattr(task, "args", (None,))[0]
+        if job_id and store.release(job_id, executor.worker_id, "worker stopped"):
+            queue.enqueue(job_id)
+            log.info("[job=%s] handed back to the queue", job_id)
+
+    set_task_handler(executor.execute)
+    consumer = queue.huey.create_consumer(
+        workers=concurrency, worker_type="thread", periodic=False,
+        # Constant short polling: Huey's default backs off to 10 s when idle, which is what a
+        # user would see as "my job sat queued". Redis pops block, so this only affects SQLite.
+        initial_delay=settings.poll_interval_s, backoff=1.0, max_delay=settings.poll_interval_s,
+        graceful_signal="TERM", shutdown_timeout=settings.shutdown_grace_s)
+    log.info("worker %s: queue %s, runner %s, concurrency %d", executor.worker_id,
+             queue.describe(), runner.name, concurrency)
+    runner.warm()
+    heartbeat.start()
+    try:
+        consumer.run()
+    finally:
+        heartbeat.stop()
+        set_task_handler(None)
+        try:
+            store.worker_stopped(executor.worker_id)
+        except DreamForgeError:
+            pass
+        runner.close()
+        log.info("worker %s stopped", executor.worker_id)
+
+
+class InlineWorker:
+    """The CLI's stand-in when no worker is alive: a thread that works through the queue until
+    one job has ended, exactly as a consumer would (so the queue entries it leaves are none)."""
+
+    def __init__(self, settings: Settings, store: JobStore, queue: JobQueue,
+                 storage: ArtifactStore, runner: Runner, job_id: str):
+        self.settings = settings
+        self.queue = queue
+        self.store = store
+        self.runner = runner
+        self.job_id = job_id
+        self.executor = Executor(store, storage, runner, new_worker_id("cli"))
+        self.heartbeat = Heartbeat(settings, store, queue, self.executor, register=False)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="df-inline", daemon=True)
+
+    def start(self) -> None:
+        set_task_handler(self.executor.execute)
+        self.heartbeat.start()
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+        self.heartbeat.stop()
+        set_task_handler(None)
+        self.runner.close()
+
+    def _target_settled(self) -> bool:
+        job = self.store.job(self.job_id)
+        return job["status"] != "queued"
+
+    def _loop(self) -> None:
+        try:
+            while not self._target_settled():
+                task = self.queue.huey.dequeue()
+                if task is None:
+                    # Our message is gone but the job is still queued (a worker took the message
+                    # and has not claimed yet, or the entry was lost): run it directly.
+                    self.executor.execute(self.job_id)
+                    continue
+                self.queue.huey.execute(task)
+        except BaseException as exc:  # reported by the CLI, which is watching the job
+            self.error = exc
