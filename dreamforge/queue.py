@@ -39,8 +39,12 @@ def make_huey(url: str, name: str = "dreamforge") -> Huey:
         return SqliteHuey(name=name, filename=str(path), results=False, timeout=30)
     if url.startswith(("redis://", "rediss://", "unix://")):
         # Blocking pops: an idle worker wakes the moment a job is pushed, no polling delay.
-        return RedisHuey(name=name, url=url, results=False, blocking=True, read_timeout=1,
-                         socket_connect_timeout=3, socket_timeout=10, health_check_interval=15)
+        from redis import ConnectionPool
+
+        pool = ConnectionPool.from_url(url, socket_connect_timeout=3, socket_timeout=10,
+                                       health_check_interval=15)
+        return RedisHuey(name=name, connection_pool=pool, results=False, blocking=True,
+                         read_timeout=1)
     raise ValueError(f"unsupported DF_QUEUE_URL scheme: {url.split(':', 1)[0]!r} "
                      "(use sqlite:///PATH or redis://HOST:PORT/DB)")
 

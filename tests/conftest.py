@@ -1,0 +1,143 @@
+"""Fixtures that start things the way production does: real SQLite files, the PostgreSQL and Redis
+servers on 127.0.0.1, `df` subprocesses. In CI (CI=true) a missing service fails; elsewhere it skips."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get("DF_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("DF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def need_service(name: str, reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{name} is required in CI and unreachable: {reason}")
+    pytest.skip(f"{name} unreachable: {reason}")
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema in the `test` database, dropped afterwards."""
+    if not _port_open("127.0.0.1", 5432):
+        need_service("PostgreSQL", "nothing listens on 127.0.0.1:5432")
+    schema = f"df_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def redis_queue() -> Iterator[tuple[str, str]]:
+    """The Redis URL and a queue name no other test uses; its keys are removed afterwards."""
+    if not _port_open("127.0.0.1", 6379):
+        need_service("Redis", "nothing listens on 127.0.0.1:6379")
+    import redis
+
+    name = f"dftest-{uuid.uuid4().hex[:12]}"
+    yield REDIS_URL, name
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"*{name}*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres_redis"])
+def df_env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """DF_* variables for one backend pair, set in this process and returned for subprocesses."""
+    env = {"DF_DATA_DIR": str(tmp_path / "data"), "DF_FAKE_RUNNER": "1", "DF_FAKE_STEP_DELAY_S": "0",
+           "DF_HEARTBEAT_INTERVAL_S": "0.5", "DF_WORKER_TIMEOUT_S": "5"}
+    if request.param == "postgres_redis":
+        env["DF_DATABASE_URL"] = request.getfixturevalue("pg_url")
+        env["DF_QUEUE_URL"], env["DF_QUEUE_NAME"] = request.getfixturevalue("redis_queue")
+    for name in list(os.environ):
+        if name.startswith("DF_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)  # keep a developer's .env out of the tests
+    return env
+
+
+def df_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dreamforge.cli.main", *args]
+
+
+def run_df(env: dict[str, str], *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(df_command(*args), env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+class WorkerProcess:
+    """A real `df worker` subprocess, with its log kept for assertions."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(df_command("worker", *args), env={**os.environ, **env},
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while "Huey consumer started" not in self.log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker did not start:\n{self.log()}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(df_env: dict[str, str], tmp_path: Path) -> Iterator:
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess({**df_env, **(env or {})}, tmp_path / f"worker{len(started)}.log", *args)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
