@@ -161,3 +161,47 @@ class InlineWorker:
                 self.queue.huey.execute(task)
         except BaseException as exc:  # reported by the CLI, which is watching the job
             self.error = exc
+
+
+class EmbeddedWorker:
+    """Huey's own worker loop on a thread, for ``df serve`` in the embedded default. Huey's
+    Consumer installs signal handlers and so wants the main thread, which uvicorn owns; the
+    server's lifespan starts and drains this one instead."""
+
+    def __init__(self, settings: Settings, store: JobStore, queue: JobQueue,
+                 storage: ArtifactStore, runner: Runner):
+        from huey.consumer import Worker as HueyWorker
+
+        self.settings = settings
+        self.queue = queue
+        self.runner = runner
+        self.executor = Executor(store, storage, runner, new_worker_id())
+        self.heartbeat = Heartbeat(settings, store, queue, self.executor)
+        self.store = store
+        self._stop = threading.Event()
+        self._huey_worker = HueyWorker(queue.huey, self._stop, settings.poll_interval_s,
+                                       settings.poll_interval_s, 1.0)
+        self._thread = threading.Thread(target=self._loop, name="df-embedded-worker", daemon=True)
+
+    def start(self) -> None:
+        set_task_handler(self.executor.execute)
+        self.heartbeat.start()
+        self._thread.start()
+        log.info("embedded worker %s started", self.executor.worker_id)
+
+    def _loop(self) -> None:
+        self.runner.warm()
+        while not self._stop.is_set():
+            self._huey_worker.loop()
+
+    def stop(self) -> None:
+        """Take no new job; let the current one finish within the grace period, else hand it back."""
+        self._stop.set()
+        self._thread.join(timeout=self.settings.shutdown_grace_s)
+        for job_id in self.executor.active():
+            if self.store.release(job_id, self.executor.worker_id, "server stopped"):
+                self.queue.enqueue(job_id)
+        self.heartbeat.stop()
+        self.store.worker_stopped(self.executor.worker_id)
+        set_task_handler(None)
+        self.runner.close()

@@ -112,6 +112,49 @@ def status(
         console.print(f"  {w['id']}  last heartbeat {w['heartbeat_at']}", highlight=False)
 
 
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address (DF_API_HOST, default loopback).")] = None,
+    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (DF_API_PORT, default 8001).")] = None,
+    worker: Annotated[Optional[bool], typer.Option(
+        "--worker/--no-worker",
+        help="Also run a worker in this process. Default: on for the embedded SQLite queue, "
+             "off when the queue is Redis (run `df worker` on the GPU hosts).")] = None,
+) -> None:
+    """Serve the v1 HTTP API."""
+    import uvicorn
+
+    from dreamforge.server.app import create_app
+
+    settings = load_settings()
+    setup_logging()
+    embedded = settings.queue_url.startswith("sqlite") if worker is None else worker
+    app_ = create_app(settings, embedded_worker=embedded)
+    uvicorn.run(app_, host=host or settings.api_host, port=port or settings.api_port,
+                log_level="info", access_log=True, timeout_graceful_shutdown=30)
+
+
+@app.command()
+def openapi(
+    check: Annotated[bool, typer.Option("--check", help="Fail when the committed file is stale.")] = False,
+    path: Annotated[Path, typer.Option(help="Where the document lives.")] = Path("docs/openapi/openapi.v1.json"),
+) -> None:
+    """Write the OpenAPI document generated from the code, or check the committed one."""
+    from dreamforge.server.openapi import render_spec
+
+    spec = render_spec()
+    if check:
+        current = path.read_text() if path.exists() else ""
+        if current != spec:
+            fail(f"{path} is stale: run `df openapi` and commit it", EXIT_FAILED)
+        typer.echo(f"{path} is up to date")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec)
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     app()
 

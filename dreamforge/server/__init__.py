@@ -1,0 +1,1 @@
+"""``df serve``: the v1 HTTP API over the job service."""

@@ -1,0 +1,152 @@
+"""The Starlette app: v1 routes over the job service, each a few lines."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dreamforge.errors import DreamForgeError, InvalidRequest, StorageError
+from dreamforge.schemas import JobStatus, field_errors, parse_request
+from dreamforge.server.errors import EXCEPTION_HANDLERS, ApiError, envelope
+from dreamforge.server.metrics import make_registry, metrics_text
+from dreamforge.server.middleware import VISIBLE, RequestContext
+from dreamforge.service import JobService
+from dreamforge.settings import Settings
+
+log = logging.getLogger("dreamforge.server")
+MAX_BODY_BYTES = 64 * 1024
+
+
+def _service(request: Request) -> JobService:
+    return request.state.service
+
+
+async def _read_json(request: Request) -> Any:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, not {media_type or 'missing'!r}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def _view_response(view: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(view.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+async def create_job(request: Request) -> Response:
+    data = await _read_json(request)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not VISIBLE.match(key):
+        raise InvalidRequest("Idempotency-Key must be 1-255 visible ASCII characters",
+                             details=[{"field": "Idempotency-Key", "message": "1-255 visible characters"}])
+    job_request = parse_request(data)
+    submitted = await run_in_threadpool(_service(request).submit, job_request,
+                                        correlation_id=request.state.request_id, idempotency_key=key)
+    headers = {"Location": f"/v1/jobs/{submitted.view.id}"}
+    if not submitted.created:
+        headers["Idempotent-Replayed"] = "true"
+    return _view_response(submitted.view, 202, headers)
+
+
+def get_job(request: Request) -> Response:
+    return _view_response(_service(request).get(request.path_params["job_id"]))
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: JobStatus | None = None
+    limit: int = Field(default=20, ge=1, le=1000)
+
+
+def list_jobs(request: Request) -> Response:
+    try:
+        query = ListQuery.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        details = field_errors(exc)
+        raise InvalidRequest(details[0]["message"], details=details) from None
+    views = _service(request).list(query.status.value if query.status else None, query.limit)
+    return JSONResponse({"jobs": [v.model_dump(mode="json") for v in views]})
+
+
+def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def readyz(request: Request) -> Response:
+    service = _service(request)
+    checks: dict[str, str] = {}
+    for name, probe in (("job_store", service.store.ping), ("queue", service.queue.ping),
+                        ("artifact_store", service.storage.check)):
+        try:
+            probe()
+            checks[name] = "ok"
+        except (DreamForgeError, StorageError) as exc:
+            checks[name] = exc.message
+    if all(v == "ok" for v in checks.values()):
+        return JSONResponse({"status": "ready", "checks": checks})
+    down = ", ".join(k for k, v in checks.items() if v != "ok")
+    return envelope(request, 503, "service_unavailable", f"not ready: {down} unreachable", checks)
+
+
+def metrics(request: Request) -> Response:
+    return Response(metrics_text(request.state.metrics),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+ROUTES = [
+    Route("/v1/jobs", create_job, methods=["POST"]),
+    Route("/v1/jobs", list_jobs, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]
+
+
+def create_app(settings: Settings, *, service: JobService | None = None,
+               embedded_worker: bool = False) -> Starlette:
+    """The API. ``embedded_worker`` also runs a worker thread in this process (the embedded
+    default of ``df serve``, so that one command is a working system)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        svc = service or JobService.from_settings(settings)
+        worker = None
+        if embedded_worker:
+            from dreamforge.runners import make_runner
+            from dreamforge.worker import EmbeddedWorker
+
+            worker = EmbeddedWorker(settings, svc.store, svc.queue, svc.storage, make_runner(settings))
+            worker.start()
+        try:
+            yield {"service": svc, "metrics": make_registry(svc)}
+        finally:
+            if worker is not None:
+                await run_in_threadpool(worker.stop)
+            if service is None:
+                svc.close()
+
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
+                     middleware=[Middleware(RequestContext, api_token=token)])

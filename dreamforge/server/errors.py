@@ -1,0 +1,75 @@
+"""One table from errors to HTTP statuses, and the envelope every 4xx and 5xx wears."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from dreamforge.errors import (BackendUnavailable, DreamForgeError, IdempotencyConflict,
+                               InvalidRequest, JobNotFound, StorageError)
+
+log = logging.getLogger("dreamforge.server")
+
+STATUS_FOR = {
+    InvalidRequest: 422,
+    JobNotFound: 404,
+    IdempotencyConflict: 409,
+    BackendUnavailable: 503,
+    StorageError: 503,
+}
+CODE_FOR_STATUS = {
+    400: "invalid_json", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+    409: "idempotency_conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+    422: "validation_error", 503: "service_unavailable", 500: "internal_error",
+}
+
+
+class ApiError(Exception):
+    """An error the API raises itself (bad JSON, wrong content type, auth)."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, details: Any = None,
+                 headers: dict[str, str] | None = None):
+        self.status = status
+        self.code = code or CODE_FOR_STATUS.get(status, "error")
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+
+def envelope(request: Request | None, status: int, code: str, message: str, details: Any = None,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    correlation_id = getattr(request.state, "request_id", None) if request is not None else None
+    body = {"error": {"code": code, "message": message, "details": details,
+                      "correlation_id": correlation_id}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return envelope(request, exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DreamForgeError)
+    status = next((s for cls, s in STATUS_FOR.items() if isinstance(exc, cls)), 500)
+    if status == 500:
+        log.error("unhandled domain error: %s: %s", exc.code, exc.message)
+        return envelope(request, 500, "internal_error", "internal error")
+    return envelope(request, status, exc.code, exc.message, exc.details)
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own 404 and 405 pages, in the envelope."""
+    assert isinstance(exc, HTTPException)
+    code = CODE_FOR_STATUS.get(exc.status_code, "error")
+    messages = {404: f"no route for {request.url.path}",
+                405: f"method {request.method} is not allowed on {request.url.path}"}
+    return envelope(request, exc.status_code, code, messages.get(exc.status_code, str(exc.detail)),
+                    headers=exc.headers)
+
+
+EXCEPTION_HANDLERS = {ApiError: api_error, DreamForgeError: domain_error, HTTPException: http_error}

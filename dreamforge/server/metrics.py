@@ -1,0 +1,47 @@
+"""Prometheus text for /metrics, read from the job store and the queue at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dreamforge.errors import DreamForgeError
+from dreamforge.service import JobService
+
+
+class JobCollector(Collector):
+    def __init__(self, service: JobService):
+        self.service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("dreamforge_backends_up", "1 when the job store and queue answered")
+        try:
+            counts = self.service.store.counts()
+            depth = self.service.queue.depth()
+            workers = len(self.service.live_workers())
+        except DreamForgeError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        jobs = GaugeMetricFamily("dreamforge_jobs", "Jobs by status", labels=["status"])
+        for status, n in counts.items():
+            jobs.add_metric([status], n)
+        yield jobs
+        yield GaugeMetricFamily("dreamforge_queue_depth", "Messages waiting in the queue", value=depth)
+        yield GaugeMetricFamily("dreamforge_workers_live", "Workers with a recent heartbeat",
+                                value=workers)
+
+
+def metrics_text(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+def make_registry(service: JobService) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobCollector(service))
+    return registry

@@ -1,0 +1,75 @@
+"""Request ids, the bearer token, and the last line of defence against stack traces."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("dreamforge.server")
+
+VISIBLE = re.compile(r"^[\x21-\x7e]{1,255}$")
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+def _json_error(status: int, code: str, message: str, request_id: str,
+                extra_headers: list[tuple[bytes, bytes]] = ()) -> tuple[Message, Message]:
+    body = json.dumps({"error": {"code": code, "message": message, "details": None,
+                                 "correlation_id": request_id}}).encode()
+    start = {"type": "http.response.start", "status": status,
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode()),
+                         (b"x-request-id", request_id.encode()), *extra_headers]}
+    return start, {"type": "http.response.body", "body": body}
+
+
+class RequestContext:
+    """Takes X-Request-ID (or makes one), echoes it on every response, checks the bearer token on
+    /v1 routes when DF_API_TOKEN is set, and turns any unhandled exception into a 500 envelope."""
+
+    def __init__(self, app: ASGIApp, api_token: str | None = None):
+        self.app = app
+        self.api_token = api_token.encode() if api_token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        sent = headers.get("x-request-id", "")
+        request_id = sent if VISIBLE.match(sent) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        if self.api_token and scope["path"].startswith("/v1"):
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                      self.api_token):
+                for message in _json_error(401, "unauthorized", "a valid bearer token is required",
+                                           request_id, [(b"www-authenticate", b"Bearer")]):
+                    await send(message)
+                return
+
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                MutableHeaders(scope=message)["x-request-id"] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("[request_id=%s] unhandled error on %s %s", request_id, scope["method"],
+                          scope["path"])
+            if started:
+                raise
+            for message in _json_error(500, "internal_error", "internal error", request_id):
+                await send(message)
+

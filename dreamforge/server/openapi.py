@@ -1,0 +1,142 @@
+"""The OpenAPI document, built from the same pydantic models the routes use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from dreamforge import __version__
+from dreamforge.schemas import ErrorEnvelope, GenerateRequest, JobStatus, JobView
+
+SPEC_PATH = Path("docs/openapi/openapi.v1.json")
+REF = "#/components/schemas/{model}"
+
+EXAMPLE_REQUEST = {"type": "generate", "prompt": "an old-growth forest at dawn", "width": 1024,
+                   "height": 1024, "steps": 24, "guidance": 7.0, "format": "png"}
+EXAMPLE_JOB = {
+    "id": "8b0f7a52-3c1e-4d7a-9a51-2d0c8e7f1a10", "type": "generate", "status": "succeeded",
+    "params": {**EXAMPLE_REQUEST, "negative_prompt": None, "seed": 42, "count": 1},
+    "steps": [{"name": "generate", "status": "succeeded", "progress": {"current": 24, "total": 24},
+               "seed": 42, "started_at": "2026-01-01T12:00:00Z", "finished_at": "2026-01-01T12:00:04Z"}],
+    "summary": {"count": 1, "completed": 1},
+    "artifacts": [{"item_index": 0, "seed": 42, "width": 1024, "height": 1024, "format": "png",
+                   "s3_key": "dreamforge/default/jobs/8b0f7a52-3c1e-4d7a-9a51-2d0c8e7f1a10/generate/"
+                             "20260101T120004Z_0_1024x1024_42.png",
+                   "size_bytes": 1534712, "sha256": "9f2c…", "url": "https://…", "path": None}],
+    "error": None, "attempts": 1, "correlation_id": "c0ffee", "created_at": "2026-01-01T12:00:00Z",
+    "started_at": "2026-01-01T12:00:00Z", "finished_at": "2026-01-01T12:00:04Z"}
+
+
+def _error(description: str, code: str, message: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": REF.format(model="ErrorEnvelope")},
+        "example": {"error": {"code": code, "message": message, "details": None,
+                              "correlation_id": "c0ffee"}}}}}
+
+
+def _job(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": REF.format(model="JobView")}, "example": EXAMPLE_JOB}}}
+
+
+REQUEST_ID = {"name": "X-Request-ID", "in": "header", "required": False,
+              "description": "Taken if sent (1-255 visible characters), made if not; echoed on "
+                             "every response and stored as the job's correlation id.",
+              "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}}
+UNAUTHORIZED = _error("Missing or wrong bearer token (when DF_API_TOKEN is set)", "unauthorized",
+                      "a valid bearer token is required")
+UNAVAILABLE = _error("The job store or the queue is unreachable", "service_unavailable",
+                     "job store unreachable: OperationalError")
+
+
+def build_spec() -> dict[str, Any]:
+    _, defs = models_json_schema([(GenerateRequest, "validation"), (JobView, "serialization"),
+                                  (ErrorEnvelope, "serialization")], ref_template=REF)
+    paths = {
+        "/v1/jobs": {
+            "post": {
+                "operationId": "createJob", "summary": "Submit a generate job",
+                "parameters": [REQUEST_ID, {
+                    "name": "Idempotency-Key", "in": "header", "required": False,
+                    "description": "The same key with the same body returns the first job; with "
+                                   "another body, 409.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": REF.format(model="GenerateRequest")}, "example": EXAMPLE_REQUEST}}},
+                "responses": {
+                    "202": {**_job("Accepted: the job is queued"),
+                            "headers": {"Location": {"schema": {"type": "string"},
+                                                     "description": "/v1/jobs/{id}"}}},
+                    "400": _error("The body is not JSON", "invalid_json", "request body is not valid JSON"),
+                    "401": UNAUTHORIZED,
+                    "409": _error("Idempotency-Key reused with another body", "idempotency_conflict",
+                                  "this Idempotency-Key was already used with a different request body"),
+                    "413": _error("Body over 64 KiB", "payload_too_large", "request body is over 65536 bytes"),
+                    "415": _error("Not application/json", "unsupported_media_type",
+                                  "Content-Type must be application/json"),
+                    "422": _error("A field is out of bounds or unknown", "validation_error",
+                                  "width must be a multiple of 8"),
+                    "503": UNAVAILABLE,
+                },
+            },
+            "get": {
+                "operationId": "listJobs", "summary": "Recent jobs, newest first",
+                "parameters": [REQUEST_ID,
+                               {"name": "status", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": [s.value for s in JobStatus]}},
+                               {"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}}],
+                "responses": {
+                    "200": {"description": "Jobs", "content": {"application/json": {
+                        "schema": {"type": "object", "required": ["jobs"], "properties": {
+                            "jobs": {"type": "array", "items": {"$ref": REF.format(model="JobView")}}}},
+                        "example": {"jobs": [EXAMPLE_JOB]}}}},
+                    "401": UNAUTHORIZED,
+                    "422": _error("A bad query parameter", "validation_error", "limit: input should be less than or equal to 1000"),
+                    "503": UNAVAILABLE,
+                },
+            },
+        },
+        "/v1/jobs/{job_id}": {"get": {
+            "operationId": "getJob", "summary": "One job: status, steps, progress, artifacts, error",
+            "parameters": [REQUEST_ID, {"name": "job_id", "in": "path", "required": True,
+                                        "schema": {"type": "string"}}],
+            "responses": {"200": _job("The job"), "401": UNAUTHORIZED,
+                          "404": _error("No such job", "not_found", "no job with id '…'"),
+                          "503": UNAVAILABLE},
+        }},
+        "/healthz": {"get": {"operationId": "healthz", "summary": "The process is up",
+                             "responses": {"200": {"description": "Up", "content": {"application/json": {
+                                 "schema": {"type": "object", "properties": {"status": {"type": "string"}}},
+                                 "example": {"status": "ok"}}}}}}},
+        "/readyz": {"get": {"operationId": "readyz",
+                            "summary": "The job store, the queue and the artifact store answer",
+                            "responses": {"200": {"description": "Ready", "content": {"application/json": {
+                                "schema": {"type": "object", "properties": {
+                                    "status": {"type": "string"},
+                                    "checks": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                                "example": {"status": "ready", "checks": {"job_store": "ok", "queue": "ok",
+                                                                          "artifact_store": "ok"}}}}},
+                                          "503": _error("A backend is unreachable", "service_unavailable",
+                                                        "not ready: queue unreachable")}}},
+        "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "Prometheus text format",
+                                                   "content": {"text/plain": {"schema": {"type": "string"},
+                                                                              "example": "dreamforge_jobs{status=\"queued\"} 0.0\n"}}}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "DreamForge API", "version": __version__,
+                 "description": "Stable Diffusion XL image jobs. Every 4xx and 5xx uses the error envelope."},
+        "servers": [{"url": "http://127.0.0.1:8001"}],
+        "paths": paths,
+        "components": {"schemas": defs["$defs"],
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def render_spec() -> str:
+    return json.dumps(build_spec(), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
