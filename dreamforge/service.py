@@ -52,15 +52,15 @@ class JobService:
         params = request.model_dump(mode="json")
         key_hash = _sha256(idempotency_key) if idempotency_key else None
         request_hash = _sha256(json.dumps(params, sort_keys=True)) if idempotency_key else None
-        job_id, created = self.store.create(params, correlation_id=correlation_id,
-                                            idempotency_key_hash=key_hash, request_hash=request_hash)
+        job, created = self.store.create(params, correlation_id=correlation_id,
+                                         idempotency_key_hash=key_hash, request_hash=request_hash)
         if created:
             try:
-                self.queue.enqueue(job_id)
+                self.queue.enqueue(job["id"])
             except DreamForgeError:
-                self.store.delete_unqueued(job_id)
+                self.store.delete_unqueued(job["id"])
                 raise
-        return Submitted(self.get(job_id), created)
+        return Submitted(self._view(job), created)
 
     # -- queries --------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobView:
