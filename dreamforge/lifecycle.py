@@ -14,6 +14,7 @@ from dreamforge import imaging
 from dreamforge.errors import DreamForgeError, RunnerError, StorageError
 from dreamforge.runners import Generation, Runner
 from dreamforge.schemas import MAX_SEED, GenerateRequest
+from dreamforge.spool import Spool
 from dreamforge.storage import CONTENT_TYPES, ArtifactStore, artifact_key
 from dreamforge.store import JobStore
 from dreamforge.tables import utcnow
@@ -33,8 +34,10 @@ class JobLogger(logging.LoggerAdapter):
 class Executor:
     """Runs jobs for one worker identity. Thread-safe: ``active`` lists what it holds right now."""
 
-    def __init__(self, store: JobStore, storage: ArtifactStore, runner: Runner, worker_id: str):
+    def __init__(self, store: JobStore, storage: ArtifactStore, runner: Runner, worker_id: str,
+                 spool: Spool):
         self.store = store
+        self.spool = spool
         self.storage = storage
         self.runner = runner
         self.worker_id = worker_id
@@ -62,6 +65,17 @@ class Executor:
             with self._lock:
                 self._active.discard(job_id)
 
+    def _store_artifact(self, job_id: str, key: str, data: bytes, content_type: str, digest: str,
+                        artifact: dict[str, Any]) -> None:
+        try:
+            self.storage.put(key, data, content_type, digest)
+        except StorageError as exc:
+            # The image exists only in this process now: put it on local disk before failing.
+            kept = self.spool.keep(job_id, key, data, content_type, artifact)
+            raise StorageError(f"{exc.message}; the image is kept at {kept} "
+                               "(`df artifacts retry` uploads it)",
+                               details={**(exc.details or {}), "spool_path": str(kept)}) from None
+
     def _run(self, job_id: str, params: dict[str, Any], jlog: JobLogger) -> str | None:
         try:
             request = GenerateRequest.model_validate(params)
@@ -85,10 +99,10 @@ class Executor:
             digest = hashlib.sha256(data).hexdigest()
             key = artifact_key(job_id, utcnow(), 0, result.image.width, result.image.height,
                                result.seed, request.format)
-            self.storage.put(key, data, CONTENT_TYPES[request.format], digest)
             artifact = {"item_index": 0, "seed": result.seed, "width": result.image.width,
                         "height": result.image.height, "format": request.format, "s3_key": key,
                         "size_bytes": len(data), "sha256": digest}
+            self._store_artifact(job_id, key, data, CONTENT_TYPES[request.format], digest, artifact)
             if not self.store.succeed(job_id, self.worker_id, artifact):
                 raise LostJob(job_id)
             jlog.info("succeeded: %s (%d bytes)", key, len(data))

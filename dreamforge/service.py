@@ -12,6 +12,7 @@ from dreamforge.errors import DreamForgeError, StorageError
 from dreamforge.queue import JobQueue
 from dreamforge.schemas import GenerateRequest, JobView
 from dreamforge.settings import Settings
+from dreamforge.spool import Spool
 from dreamforge.storage import ArtifactStore, make_store
 from dreamforge.store import JobStore
 
@@ -84,6 +85,23 @@ class JobService:
 
     def artifact_bytes(self, s3_key: str) -> bytes:
         return self.storage.get(s3_key)
+
+    def retry_spooled(self) -> list[dict[str, Any]]:
+        """Upload the images a failed upload left in the spool, and finish their jobs."""
+        spool = Spool(self.settings.spool_dir)
+        results = []
+        for entry in spool.entries():
+            try:
+                self.storage.put(entry.key, entry.read(), entry.content_type, entry.artifact["sha256"])
+            except StorageError as exc:
+                results.append({"job_id": entry.job_id, "key": entry.key, "uploaded": False,
+                                "error": exc.message})
+                continue
+            recovered = self.store.recover(entry.job_id, entry.artifact)
+            spool.remove(entry)
+            results.append({"job_id": entry.job_id, "key": entry.key, "uploaded": True,
+                            "job_succeeded": recovered})
+        return results
 
     def _view(self, job: dict[str, Any]) -> JobView:
         step_views = [{"name": s["name"], "status": s["status"], "seed": s["seed"],

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     s3_presign_expiry_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     s3_retries: int = Field(default=4, ge=1, le=20)
     s3_timeout_s: float = Field(default=10.0, gt=0)
+    s3_retry_backoff_s: float = Field(default=0.5, ge=0)
 
     fake_runner: bool = False
     fake_step_delay_s: float = Field(default=0.02, ge=0)
@@ -74,6 +75,11 @@ class Settings(BaseSettings):
         if not self.storage_url:
             self.storage_url = f"file://{self.data_dir / 'artifacts'}"
         return self
+
+    @property
+    def spool_dir(self) -> Path:
+        """Finished images whose upload failed wait here for `df artifacts retry`."""
+        return self.data_dir / "spool"
 
     def model_path(self) -> tuple[Path, str]:
         """The checkpoint to load and the setting that chose it."""

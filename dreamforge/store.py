@@ -258,6 +258,29 @@ class JobStore:
             self._event(conn, job_id, "status", {"status": "failed", "code": code}, now)
         return True
 
+    def recover(self, job_id: str, artifact: dict[str, Any]) -> bool:
+        """failed (storage_error) → succeeded, once a spooled image has been uploaded after all.
+
+        The one move out of a terminal state, made only by an operator's `df artifacts retry`:
+        the image was finished, only its upload had failed, and now nothing is missing."""
+        now = utcnow()
+        with self.write() as conn:
+            done = conn.execute(jobs.update().where(
+                jobs.c.id == job_id, jobs.c.status == JobStatus.failed.value,
+                jobs.c.error_code == "storage_error").values(
+                status=JobStatus.succeeded.value, error_code=None, error_message=None,
+                error_details=None, updated_at=now, finished_at=now)).rowcount
+            if not done:
+                return False
+            step_id = conn.execute(sa.select(steps.c.id).where(steps.c.job_id == job_id)).scalar()
+            conn.execute(steps.update().where(steps.c.id == step_id)
+                         .values(status=JobStatus.succeeded.value, finished_at=now))
+            conn.execute(artifacts.insert().values(job_id=job_id, step_id=step_id, created_at=now,
+                                                   **artifact))
+            self._event(conn, job_id, "status", {"status": "succeeded", "s3_key": artifact["s3_key"],
+                                                 "recovered_from": "storage_error"}, now)
+        return True
+
     def release(self, job_id: str, worker_id: str, reason: str) -> bool:
         """running → queued, by the worker that holds it (a graceful stop hands the job back)."""
         now = utcnow()

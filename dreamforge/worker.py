@@ -20,6 +20,7 @@ from dreamforge.lifecycle import Executor
 from dreamforge.queue import JobQueue, set_task_handler
 from dreamforge.runners import Runner
 from dreamforge.settings import Settings
+from dreamforge.spool import Spool
 from dreamforge.storage import ArtifactStore
 from dreamforge.store import JobStore
 
@@ -84,7 +85,7 @@ def run_worker(settings: Settings, store: JobStore, queue: JobQueue, storage: Ar
     """Run until SIGTERM or SIGINT. SIGTERM (what ``docker stop`` sends) drains: no new jobs, the
     current ones finish within DF_SHUTDOWN_GRACE_S, and whatever is still running then is handed
     back to the queue. SIGINT stops at once and hands running jobs back."""
-    executor = Executor(store, storage, runner, new_worker_id())
+    executor = Executor(store, storage, runner, new_worker_id(), Spool(settings.spool_dir))
     heartbeat = Heartbeat(settings, store, queue, executor)
 
     @queue.huey.signal(huey_signals.SIGNAL_INTERRUPTED)
@@ -129,7 +130,7 @@ class InlineWorker:
         self.store = store
         self.runner = runner
         self.job_id = job_id
-        self.executor = Executor(store, storage, runner, new_worker_id("cli"))
+        self.executor = Executor(store, storage, runner, new_worker_id("cli"), Spool(settings.spool_dir))
         self.heartbeat = Heartbeat(settings, store, queue, self.executor, register=False)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="df-inline", daemon=True)
@@ -175,7 +176,7 @@ class EmbeddedWorker:
         self.settings = settings
         self.queue = queue
         self.runner = runner
-        self.executor = Executor(store, storage, runner, new_worker_id())
+        self.executor = Executor(store, storage, runner, new_worker_id(), Spool(settings.spool_dir))
         self.heartbeat = Heartbeat(settings, store, queue, self.executor)
         self.store = store
         self._stop = threading.Event()

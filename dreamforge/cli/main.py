@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dreamforge.cli import jobs, render
+from dreamforge.cli import artifacts, jobs, render
 from dreamforge.cli.common import (EXIT_FAILED, EXIT_USAGE, console, err_console, fail,
                                    handle_errors, load_settings, print_json, setup_logging)
 from dreamforge.schemas import JobStatus, parse_request
@@ -17,6 +17,7 @@ from dreamforge.service import JobService
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="DreamForge: Stable Diffusion XL jobs on your own GPUs.")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(artifacts.app, name="artifacts")
 
 
 @app.command()
