@@ -94,7 +94,6 @@ class Executor:
             result = self.runner.generate(generation, on_progress)
             data = imaging.encode(result.image, request.format, {**asdict(generation),
                                                                  "format": request.format,
-                                                                 "job_id": job_id,
                                                                  "runner": self.runner.name})
             digest = hashlib.sha256(data).hexdigest()
             key = artifact_key(job_id, utcnow(), 0, result.image.width, result.image.height,

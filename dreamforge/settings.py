@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     vae_path: str | None = None
+    # For single-file checkpoints: the Diffusers-layout folder of configs and tokenizers. Unset:
+    # SDXL base's, shipped with DreamForge.
+    model_config_dir: Path | None = None
     compile: bool = False
     # The child reports after every step; this much silence means it hung. Loading gets longer.
     step_timeout_s: float = Field(default=600.0, gt=0)

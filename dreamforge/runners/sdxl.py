@@ -1,0 +1,163 @@
+"""The SDXL pipeline itself: loading a checkpoint offline and generating one image. Runs inside the
+runner's child process (see child.py); this is the only module that imports torch and diffusers."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from dreamforge.errors import RunnerError
+from dreamforge.runners import GeneratedImage, Generation
+from dreamforge.runners.model_config import sdxl_config_dir, use_open_clip_padding
+from dreamforge.settings import Settings
+
+log = logging.getLogger("dreamforge.runner")
+
+
+def resolve_device(setting: str) -> str:
+    import torch
+
+    if setting != "auto":
+        return setting
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(setting: str, device: str) -> Any:
+    import torch
+
+    if setting == "auto":
+        # float16 on the GPU; float32 on the CPU, where float16 runs ~10x slower.
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, setting)
+
+
+def compile_cache_dir(settings: Settings) -> Path:
+    return settings.compile_cache_dir or settings.data_dir / "torch-compile-cache"
+
+
+def prepare_compile_cache(settings: Settings) -> Path:
+    """Point Inductor's on-disk caches at a folder that outlives the worker; must run before
+    torch is imported."""
+    folder = compile_cache_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    return folder
+
+
+class SDXL:
+    """A loaded pipeline. ``load`` raises RunnerError(model_invalid) for a file it can't read."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.path, self.chosen_by = settings.model_path()
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.pipe: Any = None
+
+    def describe(self) -> str:
+        return f"{self.path} on {self.device} ({str(self.dtype).replace('torch.', '')})"
+
+    def load(self) -> None:
+        import torch
+        from diffusers import StableDiffusionXLPipeline
+
+        try:
+            if self.path.is_dir():
+                pipe = StableDiffusionXLPipeline.from_pretrained(
+                    self.path, dtype=self.dtype, local_files_only=True)
+            else:
+                shipped = self.settings.model_config_dir is None
+                config = self.settings.model_config_dir or sdxl_config_dir(self.settings.data_dir / "model-config")
+                pipe = StableDiffusionXLPipeline.from_single_file(
+                    str(self.path), config=str(config), local_files_only=True, dtype=self.dtype)
+                if shipped:
+                    use_open_clip_padding(pipe.tokenizer_2)
+        except (OSError, ValueError, KeyError, RuntimeError, EnvironmentError) as exc:
+            raise RunnerError(
+                f"could not load the SDXL checkpoint at {self.path} (chosen by {self.chosen_by}): "
+                f"{type(exc).__name__}: {str(exc)[:500]}", code="model_invalid",
+                details={"path": str(self.path), "chosen_by": self.chosen_by}) from None
+        if self.settings.vae_path:
+            self._load_fixed_vae(pipe)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(self.device)
+        if self.settings.compile:
+            self._compile()
+
+    def _load_fixed_vae(self, pipe: Any) -> None:
+        from diffusers import AutoencoderKL
+
+        path = Path(self.settings.vae_path).expanduser()
+        if path.is_dir():
+            vae = AutoencoderKL.from_pretrained(path, dtype=self.dtype, local_files_only=True)
+        else:
+            vae = AutoencoderKL.from_single_file(str(path), config=str(
+                self.settings.model_config_dir or sdxl_config_dir(self.settings.data_dir / "model-config")),
+                subfolder="vae", dtype=self.dtype, local_files_only=True)
+        # A VAE fixed for fp16 (e.g. sdxl-vae-fp16-fix) decodes in half precision without the upcast.
+        vae.register_to_config(force_upcast=False)
+        pipe.vae = vae
+
+    def _compile(self) -> None:
+        import torch
+
+        artifacts = compile_cache_dir(self.settings) / "mega-cache.bin"
+        if artifacts.exists():
+            torch.compiler.load_cache_artifacts(artifacts.read_bytes())
+        self.pipe.unet = torch.compile(self.pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=True)
+        self._artifacts_path = artifacts
+
+    def save_compile_cache(self) -> None:
+        """After the first compiled run: keep what Inductor built, so a restart skips the tuning."""
+        import torch
+
+        if not self.settings.compile:
+            return
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is not None:
+            data, _info = saved
+            tmp = self._artifacts_path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, self._artifacts_path)
+
+    def generate(self, request: Generation, on_step: Callable[[int, int], None]) -> GeneratedImage:
+        import numpy as np
+        import torch
+
+        total = request.steps
+
+        def step_end(_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            on_step(step + 1, total)
+            return kwargs
+
+        # A CPU generator gives the same starting noise on every device.
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        try:
+            with torch.inference_mode():
+                result = self.pipe(
+                    prompt=request.prompt, negative_prompt=request.negative_prompt,
+                    width=request.width, height=request.height, num_inference_steps=request.steps,
+                    guidance_scale=request.guidance, generator=generator, output_type="np",
+                    callback_on_step_end=step_end)
+        except torch.OutOfMemoryError:
+            gc.collect()
+            torch.cuda.empty_cache()
+            raise RunnerError(f"the GPU ran out of memory at {request.width}x{request.height}; "
+                              "memory was freed, try a smaller size", code="gpu_out_of_memory") from None
+        pixels = result.images[0]
+        if not np.isfinite(pixels).all():
+            raise RunnerError("the model produced NaN or infinite values (in float16 this is usually "
+                              "the SDXL VAE overflowing); no image was stored", code="non_finite_output")
+        image = self.pipe.numpy_to_pil(pixels[None])[0]
+        self.save_compile_cache_once()
+        return GeneratedImage(image=image, seed=request.seed)
+
+    def save_compile_cache_once(self) -> None:
+        if self.settings.compile and not getattr(self, "_saved", False):
+            self.save_compile_cache()
+            self._saved = True

@@ -1,0 +1,53 @@
+"""The runner child's main loop: load once, then answer generate requests until told to stop.
+
+Messages to the parent: ("ready", description) | ("progress", current, total) |
+("result", mode, size, pixels, seed) | ("error", code, message[, details]).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from multiprocessing.connection import Connection
+from typing import Any
+
+from dreamforge.errors import RunnerError
+
+
+def main(conn: Connection, settings_data: dict[str, Any]) -> None:
+    from dreamforge.settings import Settings
+
+    # Loading must never reach for a model hub, and the worker's log is no place for progress bars.
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
+                      HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error",
+                      DIFFUSERS_VERBOSITY="error")
+    settings = Settings(**settings_data)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s sdxl-child: %(message)s")
+    if settings.compile:
+        from dreamforge.runners.sdxl import prepare_compile_cache
+
+        prepare_compile_cache(settings)  # before torch is imported
+    from dreamforge.runners.sdxl import SDXL
+
+    model = SDXL(settings)
+    try:
+        model.load()
+    except RunnerError as exc:
+        conn.send(("error", exc.code, exc.message, exc.details))
+        return
+    conn.send(("ready", f"{model.describe()} (pid {os.getpid()})"))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent went away
+        if message[0] == "stop":
+            return
+        request = message[1]
+        try:
+            image = model.generate(request, lambda c, t: conn.send(("progress", c, t)))
+            conn.send(("result", image.image.mode, image.image.size, image.image.tobytes(), image.seed))
+        except RunnerError as exc:
+            conn.send(("error", exc.code, exc.message))
+        except Exception as exc:  # keep the child alive for the next job
+            conn.send(("error", "runner_error", f"{type(exc).__name__}: {str(exc)[:500]}"))

@@ -1,0 +1,229 @@
+"""The real SDXL runner on a tiny random-weight model, through the real worker, on the CPU."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the diffusers extra is not installed")
+pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
+
+from PIL import Image  # noqa: E402
+
+from dreamforge.runners.model_config import sdxl_config_dir, use_open_clip_padding  # noqa: E402
+from dreamforge.schemas import parse_request  # noqa: E402
+from dreamforge.service import JobService  # noqa: E402
+from dreamforge.settings import Settings  # noqa: E402
+from tests.tiny_sdxl import build_tiny_sdxl, save_tiny_sdxl  # noqa: E402
+
+sqlite_only = pytest.mark.parametrize("df_env", ["sqlite"], indirect=True)
+
+# Token ids from open_clip 3.3.0's SimpleTokenizer (the reference SDXL was trained with), recorded
+# once; tests/test_sdxl.py also compares live when open_clip happens to be importable.
+OPEN_CLIP_IDS = {
+    "an old-growth forest at dawn": [49406, 550, 896, 268, 4026, 4167, 536, 7689, 49407],
+    "A photo of a CAT, 4k!!! ultra-detailed; (masterpiece:1.2)":
+        [49406, 320, 1125, 539, 320, 2368, 267, 275, 330, 995, 8118, 268, 12609, 282, 263, 12066, 281,
+         272, 269, 273, 264, 49407],
+    "naïve café — déjà vu 😀 東京":
+        [49406, 1097, 35689, 563, 15304, 2005, 25466, 73, 21259, 13230, 7334, 48338, 21078, 361, 49407],
+    "  multiple   spaces\tand\nnewlines  ": [49406, 6470, 9006, 537, 1218, 3418, 49407],
+    "it's don't we'll <lora:foo>":
+        [49406, 585, 568, 847, 713, 649, 1342, 283, 2179, 320, 281, 23435, 285, 49407],
+    "": [49406, 49407],
+}
+
+
+@pytest.fixture(scope="session")
+def config_dir(tmp_path_factory) -> Path:
+    return sdxl_config_dir(tmp_path_factory.mktemp("model-config"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, config_dir) -> tuple[Path, Path]:
+    return save_tiny_sdxl(tmp_path_factory.mktemp("tiny"), config_dir)
+
+
+def sdxl_env(model: Path, config: Path | None = None) -> dict[str, str]:
+    env = {"DF_FAKE_RUNNER": "0", "DF_GENERATE_MODEL_PATH": str(model), "DF_DEVICE": "cpu"}
+    if config is not None:
+        env["DF_MODEL_CONFIG_DIR"] = str(config)
+    return env
+
+
+def wait_all(svc: JobService, ids: list[str], timeout: float = 120) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        views = [svc.get(i) for i in ids]
+        if all(v.status.is_terminal() for v in views):
+            return views
+        time.sleep(0.05)
+    raise AssertionError([(v.id, v.status) for v in views])
+
+
+def test_tokenizers_match_open_clip(config_dir):
+    from transformers import CLIPTokenizer
+
+    tok1 = CLIPTokenizer.from_pretrained(config_dir, subfolder="tokenizer", local_files_only=True)
+    tok2 = CLIPTokenizer.from_pretrained(config_dir, subfolder="tokenizer_2", local_files_only=True)
+    use_open_clip_padding(tok2)
+    try:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        reference = SimpleTokenizer()
+        live = {s: [49406, *reference.encode(s), 49407] for s in OPEN_CLIP_IDS}
+        assert live == OPEN_CLIP_IDS
+    except ImportError:
+        pass
+    for text, ids in OPEN_CLIP_IDS.items():
+        assert tok1(text)["input_ids"] == ids, text
+        assert tok2(text)["input_ids"] == ids, text
+    padded = tok2("forest", padding="max_length", max_length=77)["input_ids"]
+    assert len(padded) == 77 and padded[3:] == [0] * 74  # open_clip pads the second encoder with 0
+    assert tok1("forest", padding="max_length", max_length=77)["input_ids"][3:] == [49407] * 74
+
+
+def test_single_file_round_trip(tiny_model, config_dir):
+    """Our SGM-layout writer is the exact inverse of diffusers' single-file reader."""
+    from diffusers import StableDiffusionXLPipeline
+
+    folder, single = tiny_model
+    original = StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True)
+    loaded = StableDiffusionXLPipeline.from_single_file(str(single), config=str(folder), local_files_only=True)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(original, name).state_dict(), getattr(loaded, name).state_dict()
+        assert a.keys() == b.keys(), name
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    from safetensors import safe_open
+
+    with safe_open(str(single), "pt") as f:
+        keys = set(f.keys())
+    assert "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias" in keys
+    assert any(k.startswith("model.diffusion_model.input_blocks.") for k in keys)
+    assert any(k.startswith("first_stage_model.decoder.up.") for k in keys)
+
+
+@sqlite_only
+def test_worker_generates_with_the_diffusers_folder(df_env, tiny_model, start_worker):
+    """Size and format honoured, same seed → same bytes, other seed → other image, one progress
+    event per step, and the model loaded once for all the jobs."""
+    folder, _ = tiny_model
+    worker = start_worker(env=sdxl_env(folder))
+    svc = JobService.from_settings(Settings())
+    requests = [{"prompt": "a red barn", "width": 96, "height": 64, "steps": 3, "seed": 11},
+                {"prompt": "a red barn", "width": 96, "height": 64, "steps": 3, "seed": 11},
+                {"prompt": "a red barn", "width": 96, "height": 64, "steps": 3, "seed": 12},
+                {"prompt": "a red barn", "width": 64, "height": 64, "steps": 2, "format": "webp"}]
+    ids = [svc.submit(parse_request(r)).view.id for r in requests]
+    views = wait_all(svc, ids)
+    assert [v.status.value for v in views] == ["succeeded"] * 4, [v.error for v in views]
+    blobs = [svc.artifact_bytes(v.artifacts[0].s3_key) for v in views]
+    assert blobs[0] == blobs[1] and blobs[0] != blobs[2]
+    first = Image.open(io.BytesIO(blobs[0]))
+    assert first.format == "PNG" and first.size == (96, 64)
+    assert Image.open(io.BytesIO(blobs[3])).format == "WEBP"
+    assert views[3].params["seed"] is not None and views[3].artifacts[0].seed == views[3].params["seed"]
+    for view in views:
+        progress = [e["payload"] for e in svc.events(view.id) if e["kind"] == "progress"]
+        steps = view.params["steps"]
+        assert progress == [{"current": i, "total": steps} for i in range(1, steps + 1)]
+    assert worker.log().count("SDXL child") == 1 and " ready: " in worker.log()
+    assert worker.stop() == 0
+
+
+@sqlite_only
+def test_single_file_checkpoint_gives_the_same_image(df_env, tiny_model, start_worker):
+    folder, single = tiny_model
+    svc = JobService.from_settings(Settings())
+    request = parse_request({"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 3})
+    outputs = []
+    for env in (sdxl_env(folder), sdxl_env(single, config=folder)):
+        worker = start_worker(env=env)
+        [view] = wait_all(svc, [svc.submit(request).view.id])
+        assert view.status.value == "succeeded", view.error
+        outputs.append(svc.artifact_bytes(view.artifacts[0].s3_key))
+        worker.stop()
+    assert outputs[0] == outputs[1]
+
+
+def _child_pid(log: str) -> int:
+    found = re.findall(r"SDXL child (\d+) ready", log)
+    assert found, log
+    return int(found[-1])
+
+
+@sqlite_only
+def test_child_crash_fails_the_job_and_the_next_gets_a_fresh_child(df_env, tiny_model, start_worker):
+    folder, _ = tiny_model
+    worker = start_worker(env=sdxl_env(folder))
+    svc = JobService.from_settings(Settings())
+    deadline = time.monotonic() + 60
+    while "SDXL child" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = _child_pid(worker.log())
+    slow = svc.submit(parse_request({"prompt": "slow", "width": 256, "height": 256, "steps": 150})).view.id
+    while svc.get(slow).steps[0].progress.current < 1:
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    [view] = wait_all(svc, [slow])
+    assert view.status.value == "failed" and view.error.code == "runner_crashed"
+    assert "exit code -9" in view.error.message
+    after = svc.submit(parse_request({"prompt": "after", "width": 64, "height": 64, "steps": 2})).view.id
+    [view] = wait_all(svc, [after])
+    assert view.status.value == "succeeded", view.error
+    assert _child_pid(worker.log()) != pid and worker.log().count(" ready: ") == 2
+    assert worker.proc.poll() is None
+
+
+@sqlite_only
+def test_unreadable_checkpoint_is_model_invalid(df_env, tmp_path, start_worker):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"this is not a checkpoint")
+    start_worker(env=sdxl_env(bad))
+    svc = JobService.from_settings(Settings())
+    [view] = wait_all(svc, [svc.submit(parse_request({"prompt": "x", "width": 64, "height": 64})).view.id])
+    assert view.error.code == "model_invalid"
+    assert str(bad) in view.error.message and "DF_GENERATE_MODEL_PATH" in view.error.message
+
+
+@sqlite_only
+def test_non_finite_output_is_never_stored(df_env, tmp_path, config_dir, start_worker):
+    pipe = build_tiny_sdxl(config_dir)
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.bias.fill_(float("nan"))
+    pipe.save_pretrained(tmp_path / "nan-model")
+    start_worker(env=sdxl_env(tmp_path / "nan-model"))
+    svc = JobService.from_settings(Settings())
+    [view] = wait_all(svc, [svc.submit(parse_request({"prompt": "x", "width": 64, "height": 64,
+                                                      "steps": 1})).view.id])
+    assert view.status.value == "failed" and view.error.code == "non_finite_output"
+    assert view.artifacts == []
+    assert not list((Path(df_env["DF_DATA_DIR"]) / "artifacts").rglob("*.png"))
+
+
+@sqlite_only
+def test_cli_api_and_fake_runner_do_not_import_torch(df_env):
+    code = ("import sys; import dreamforge.cli.main, dreamforge.server.app, dreamforge.runners.fake, "
+            "dreamforge.worker, dreamforge.runners.child; "
+            "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, **df_env})
+    # And a whole fake-runner job through the CLI, with torch made unimportable.
+    blocker = df_env["DF_DATA_DIR"] + "/blocker"
+    Path(blocker).mkdir(parents=True)
+    Path(blocker, "torch.py").write_text("raise ImportError('torch must not be imported here')\n")
+    result = subprocess.run([sys.executable, "-m", "dreamforge.cli.main", "generate", "x", "--width", "64",
+                             "--height", "64", "--steps", "1", "--wait", "--json"],
+                            env={**os.environ, **df_env, "PYTHONPATH": blocker}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "succeeded"
