@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     step_timeout_s: float = Field(default=600.0, gt=0)
     load_timeout_s: float = Field(default=1800.0, gt=0)
     compile_cache_dir: Path | None = None
+    compile_warmup_size: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8001, ge=1, le=65535)

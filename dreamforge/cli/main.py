@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dreamforge.cli import artifacts, jobs, render
+from dreamforge.cli import artifacts, host, jobs, render
 from dreamforge.cli.common import (EXIT_FAILED, EXIT_USAGE, console, err_console, fail,
                                    handle_errors, load_settings, print_json, setup_logging)
 from dreamforge.schemas import JobStatus, parse_request
@@ -18,6 +18,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="DreamForge: Stable Diffusion XL jobs on your own GPUs.")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(artifacts.app, name="artifacts")
+app.add_typer(host.env_app, name="env")
+app.add_typer(host.gpu_app, name="gpu")
 
 
 @app.command()

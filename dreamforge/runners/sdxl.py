@@ -87,7 +87,12 @@ class SDXL:
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
         if self.settings.compile:
-            self._compile()
+            try:
+                self._compile()
+            except Exception as exc:
+                raise RunnerError(f"DF_COMPILE=1: compiling the UNet failed: {type(exc).__name__}: "
+                                  f"{str(exc)[:500]}; unset DF_COMPILE to run eagerly",
+                                  code="compile_failed") from None
 
     def _load_fixed_vae(self, pipe: Any) -> None:
         from diffusers import AutoencoderKL
@@ -104,26 +109,24 @@ class SDXL:
         pipe.vae = vae
 
     def _compile(self) -> None:
+        """Compile the UNet once, here, at worker start: a warm-up generation at the default size
+        triggers it, so no job pays for it. What Inductor builds is kept on disk (its FX-graph
+        cache, plus the portable "mega-cache" file), so a restarted worker skips the codegen."""
         import torch
 
         artifacts = compile_cache_dir(self.settings) / "mega-cache.bin"
         if artifacts.exists():
             torch.compiler.load_cache_artifacts(artifacts.read_bytes())
-        self.pipe.unet = torch.compile(self.pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=True)
-        self._artifacts_path = artifacts
-
-    def save_compile_cache(self) -> None:
-        """After the first compiled run: keep what Inductor built, so a restart skips the tuning."""
-        import torch
-
-        if not self.settings.compile:
-            return
+        self.pipe.unet = torch.compile(self.pipe.unet)
+        size = self.settings.compile_warmup_size
+        with torch.inference_mode():
+            self.pipe(prompt="warm-up", width=size, height=size, num_inference_steps=2,
+                      output_type="latent", generator=torch.Generator("cpu").manual_seed(0))
         saved = torch.compiler.save_cache_artifacts()
         if saved is not None:
-            data, _info = saved
-            tmp = self._artifacts_path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, self._artifacts_path)
+            tmp = artifacts.with_suffix(".tmp")
+            tmp.write_bytes(saved[0])
+            os.replace(tmp, artifacts)
 
     def generate(self, request: Generation, on_step: Callable[[int, int], None]) -> GeneratedImage:
         import numpy as np
@@ -154,10 +157,4 @@ class SDXL:
             raise RunnerError("the model produced NaN or infinite values (in float16 this is usually "
                               "the SDXL VAE overflowing); no image was stored", code="non_finite_output")
         image = self.pipe.numpy_to_pil(pixels[None])[0]
-        self.save_compile_cache_once()
         return GeneratedImage(image=image, seed=request.seed)
-
-    def save_compile_cache_once(self) -> None:
-        if self.settings.compile and not getattr(self, "_saved", False):
-            self.save_compile_cache()
-            self._saved = True
