@@ -100,19 +100,37 @@ def time_dreamforge(service, sizes: list[tuple[int, int, int]], repeats: int) ->
     for width, height, steps in sizes:
         request = parse_request({"prompt": "an old-growth forest at dawn", "width": width, "height": height,
                                  "steps": steps, "guidance": 7.0, "seed": 42})
-        times = []
+        times, phases = [], []
         for i in range(repeats + 1):  # the first is a warm-up for this size
             t0 = time.perf_counter()
             job_id = service.submit(request).view.id
             while not (view := service.get(job_id)).status.is_terminal():
-                time.sleep(0.002)
+                time.sleep(0.01)
             elapsed = time.perf_counter() - t0
             if view.status.value != "succeeded":
                 raise SystemExit(f"DreamForge job failed: {view.error}")
             if i:
                 times.append(elapsed)
+                phases.append(_phases(service, job_id))
         results[(width, height, steps)] = statistics.median(times)
+        breakdown = {k: round(statistics.median(p[k] for p in phases), 4) for k in phases[0]}
+        print(f"DreamForge {width}x{height}/{steps} phases (median s): {breakdown}", flush=True)
     return results
+
+
+def _phases(service, job_id: str) -> dict[str, float]:  # noqa: ANN001
+    """Where a job's time went, from its own records: queue wait, steps, the tail after the last
+    step, and the worker's timings (model call, PNG encode, store)."""
+    job = service.store.job(job_id)
+    events = service.store.events(job_id)
+    progress = [e["at"] for e in events if e["kind"] == "progress"]
+    done = next(e for e in events if e["payload"].get("status") == "succeeded")
+    steps = [(b - a).total_seconds() for a, b in zip(progress, progress[1:])]
+    return {"queue_s": (job["started_at"] - job["created_at"]).total_seconds(),
+            "to_first_step_s": (progress[0] - job["started_at"]).total_seconds(),
+            "step_s": statistics.median(steps) if steps else 0.0,
+            "after_last_step_s": (job["finished_at"] - progress[-1]).total_seconds(),
+            **done["payload"].get("timings", {})}
 
 
 def start_worker(settings, service):  # noqa: ANN001

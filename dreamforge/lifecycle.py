@@ -7,6 +7,7 @@ import hashlib
 import logging
 import secrets
 import threading
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -91,18 +92,25 @@ class Executor:
                 if not self.store.progress(job_id, self.worker_id, current, total):
                     raise LostJob(job_id)
 
+            t0 = time.perf_counter()
             result = self.runner.generate(generation, on_progress)
+            t1 = time.perf_counter()
             data = imaging.encode(result.image, request.format, {**asdict(generation),
                                                                  "format": request.format,
                                                                  "runner": self.runner.name})
             digest = hashlib.sha256(data).hexdigest()
+            t2 = time.perf_counter()
             key = artifact_key(job_id, utcnow(), 0, result.image.width, result.image.height,
                                result.seed, request.format)
             artifact = {"item_index": 0, "seed": result.seed, "width": result.image.width,
                         "height": result.image.height, "format": request.format, "s3_key": key,
                         "size_bytes": len(data), "sha256": digest}
             self._store_artifact(job_id, key, data, CONTENT_TYPES[request.format], digest, artifact)
-            if not self.store.succeed(job_id, self.worker_id, artifact):
+            timings = {"generate_s": round(t1 - t0, 4), "encode_s": round(t2 - t1, 4),
+                       "store_s": round(time.perf_counter() - t2, 4)}
+            if result.model_s is not None:
+                timings["model_s"] = round(result.model_s, 4)
+            if not self.store.succeed(job_id, self.worker_id, artifact, timings):
                 raise LostJob(job_id)
             jlog.info("succeeded: %s (%d bytes)", key, len(data))
             return "succeeded"

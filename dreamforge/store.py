@@ -223,7 +223,8 @@ class JobStore:
             self._event(conn, job_id, "progress", {"current": current, "total": total}, now)
         return True
 
-    def succeed(self, job_id: str, worker_id: str, artifact: dict[str, Any]) -> bool:
+    def succeed(self, job_id: str, worker_id: str, artifact: dict[str, Any],
+                timings: dict[str, float] | None = None) -> bool:
         now = utcnow()
         with self.write() as conn:
             done = conn.execute(jobs.update().where(self._owned(job_id, worker_id))
@@ -237,7 +238,8 @@ class JobStore:
                                  progress_current=steps.c.progress_total))
             conn.execute(artifacts.insert().values(job_id=job_id, step_id=step_id, created_at=now,
                                                    **artifact))
-            self._event(conn, job_id, "status", {"status": "succeeded", "s3_key": artifact["s3_key"]}, now)
+            self._event(conn, job_id, "status", {"status": "succeeded", "s3_key": artifact["s3_key"],
+                                                 "timings": timings or {}}, now)
         return True
 
     def fail(self, job_id: str, worker_id: str | None, code: str, message: str,

@@ -33,6 +33,8 @@ class Generation:
 class GeneratedImage:
     image: "Image.Image"
     seed: int
+    # Seconds the model itself took (the pipeline call), as the runner measured it.
+    model_s: float | None = None
 
 
 class Runner(Protocol):

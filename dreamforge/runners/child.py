@@ -129,8 +129,8 @@ class ChildRunner:
                 elif kind == "result":
                     from PIL import Image
 
-                    mode, size, data, seed = message[1:]
-                    return GeneratedImage(Image.frombytes(mode, size, data), seed)
+                    mode, size, data, seed, model_s = message[1:]
+                    return GeneratedImage(Image.frombytes(mode, size, data), seed, model_s)
                 elif kind == "error":
                     raise RunnerError(message[2], code=message[1])
 

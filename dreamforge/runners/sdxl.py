@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -140,6 +141,7 @@ class SDXL:
 
         # A CPU generator gives the same starting noise on every device.
         generator = torch.Generator("cpu").manual_seed(request.seed)
+        started = time.perf_counter()
         try:
             with torch.inference_mode():
                 result = self.pipe(
@@ -157,4 +159,4 @@ class SDXL:
             raise RunnerError("the model produced NaN or infinite values (in float16 this is usually "
                               "the SDXL VAE overflowing); no image was stored", code="non_finite_output")
         image = self.pipe.numpy_to_pil(pixels[None])[0]
-        return GeneratedImage(image=image, seed=request.seed)
+        return GeneratedImage(image=image, seed=request.seed, model_s=time.perf_counter() - started)

@@ -46,7 +46,8 @@ def main(conn: Connection, settings_data: dict[str, Any]) -> None:
         request = message[1]
         try:
             image = model.generate(request, lambda c, t: conn.send(("progress", c, t)))
-            conn.send(("result", image.image.mode, image.image.size, image.image.tobytes(), image.seed))
+            conn.send(("result", image.image.mode, image.image.size, image.image.tobytes(), image.seed,
+                       image.model_s))
         except RunnerError as exc:
             conn.send(("error", exc.code, exc.message))
         except Exception as exc:  # keep the child alive for the next job
