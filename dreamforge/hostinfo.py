@@ -14,7 +14,13 @@ from typing import Any
 
 from dreamforge.settings import SECRET_NAMES
 
-CDI_DIRS = (Path("/etc/cdi"), Path("/var/run/cdi"))
+# Where Docker and containerd look for CDI specs by default; DF_CDI_SPEC_DIRS (colon-separated)
+# mirrors a daemon configured with other `cdi-spec-dirs`.
+DEFAULT_CDI_DIRS = "/etc/cdi:/var/run/cdi"
+
+
+def cdi_dirs() -> list[Path]:
+    return [Path(p) for p in os.environ.get("DF_CDI_SPEC_DIRS", DEFAULT_CDI_DIRS).split(":") if p]
 SECRET_HINTS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
 TIMEOUT_S = 10
 
@@ -146,7 +152,7 @@ def read_cdi_spec(path: Path) -> dict[str, Any]:
 
 def cdi_specs() -> dict[str, Any]:
     specs, searched = [], []
-    for folder in CDI_DIRS:
+    for folder in cdi_dirs():
         searched.append(str(folder))
         if folder.is_dir():
             for path in sorted(folder.iterdir()):
