@@ -9,10 +9,11 @@ import secrets
 import threading
 import time
 from dataclasses import asdict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from dreamforge import imaging
-from dreamforge.errors import DreamForgeError, RunnerError, StorageError
+from dreamforge.errors import BackendUnavailable, DreamForgeError, RunnerError, StorageError
 from dreamforge.runners import Generation, Runner
 from dreamforge.schemas import MAX_SEED, GenerateRequest
 from dreamforge.spool import Spool
@@ -21,6 +22,12 @@ from dreamforge.store import JobStore
 from dreamforge.tables import utcnow
 
 log = logging.getLogger("dreamforge.worker")
+
+
+T = TypeVar("T")
+# A dead or hung runner child says nothing about the job: it goes back to the queue while it has
+# attempts left (DF_MAX_ATTEMPTS). Other runner errors are the job's own and final.
+TRANSIENT_RUNNER_ERRORS = {"runner_crashed", "runner_timeout"}
 
 
 class LostJob(Exception):
@@ -36,8 +43,12 @@ class Executor:
     """Runs jobs for one worker identity. Thread-safe: ``active`` lists what it holds right now."""
 
     def __init__(self, store: JobStore, storage: ArtifactStore, runner: Runner, worker_id: str,
-                 spool: Spool):
+                 spool: Spool, *, requeue: Callable[[str], None] | None = None,
+                 max_attempts: int = 1, store_wait_s: float = 300.0):
         self.store = store
+        self.requeue = requeue
+        self.max_attempts = max_attempts
+        self.store_wait_s = store_wait_s
         self.spool = spool
         self.storage = storage
         self.runner = runner
@@ -49,10 +60,25 @@ class Executor:
         with self._lock:
             return list(self._active)
 
+    def _patiently(self, what: str, call: Callable[[], T]) -> T:
+        """Retry a job-store call while the store is away (up to store_wait_s): the message in hand
+        or the finished image is worth waiting for, and nothing else can be done without the store."""
+        deadline = time.monotonic() + self.store_wait_s
+        delay = 0.2
+        while True:
+            try:
+                return call()
+            except BackendUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s: %s; retrying in %.1f s", what, exc.message, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def execute(self, job_id: str) -> str | None:
         """Run the job if this worker wins it; returns the final status, or None when the job
         was not queued (a duplicate delivery, or a job another worker holds or finished)."""
-        claim = self.store.claim(job_id, self.worker_id)
+        claim = self._patiently(f"[job={job_id}] claiming", lambda: self.store.claim(job_id, self.worker_id))
         if claim is None:
             log.info("[job=%s] not queued any more: duplicate delivery dropped", job_id)
             return None
@@ -61,7 +87,7 @@ class Executor:
         with self._lock:
             self._active.add(job_id)
         try:
-            return self._run(claim.job_id, claim.params, jlog)
+            return self._run(claim.job_id, claim.params, claim.attempts, jlog)
         finally:
             with self._lock:
                 self._active.discard(job_id)
@@ -77,7 +103,7 @@ class Executor:
                                "(`df artifacts retry` uploads it)",
                                details={**(exc.details or {}), "spool_path": str(kept)}) from None
 
-    def _run(self, job_id: str, params: dict[str, Any], jlog: JobLogger) -> str | None:
+    def _run(self, job_id: str, params: dict[str, Any], attempt: int, jlog: JobLogger) -> str | None:
         try:
             request = GenerateRequest.model_validate(params)
             if request.seed is None:
@@ -89,7 +115,13 @@ class Executor:
                                        if k in Generation.__dataclass_fields__})
 
             def on_progress(current: int, total: int) -> None:
-                if not self.store.progress(job_id, self.worker_id, current, total):
+                try:
+                    owned = self.store.progress(job_id, self.worker_id, current, total)
+                except BackendUnavailable as exc:
+                    # Progress is best effort: the image is worth more than the bar.
+                    jlog.warning("progress not recorded: %s", exc.message)
+                    return
+                if not owned:
                     raise LostJob(job_id)
 
             t0 = time.perf_counter()
@@ -110,20 +142,34 @@ class Executor:
                        "store_s": round(time.perf_counter() - t2, 4)}
             if result.model_s is not None:
                 timings["model_s"] = round(result.model_s, 4)
-            if not self.store.succeed(job_id, self.worker_id, artifact, timings):
+            if not self._patiently(f"[job={job_id}] recording success",
+                                   lambda: self.store.succeed(job_id, self.worker_id, artifact, timings)):
                 raise LostJob(job_id)
             jlog.info("succeeded: %s (%d bytes)", key, len(data))
             return "succeeded"
         except LostJob:
             jlog.warning("lost the job to another worker; dropping this run")
             return None
-        except (RunnerError, StorageError) as exc:
-            jlog.error("failed: %s: %s", exc.code, exc.message)
-            self.store.fail(job_id, self.worker_id, exc.code, exc.message, exc.details)
-            return "failed"
+        except RunnerError as exc:
+            if exc.code in TRANSIENT_RUNNER_ERRORS and attempt < self.max_attempts and self.requeue:
+                # The runner died under this job, not because of it (most likely): try again.
+                jlog.warning("attempt %d of %d ended with %s; back to the queue", attempt,
+                             self.max_attempts, exc.code)
+                if self.store.release(job_id, self.worker_id, exc.code):
+                    self.requeue(job_id)
+                return "queued"
+            return self._fail(job_id, exc, jlog)
+        except StorageError as exc:
+            return self._fail(job_id, exc, jlog)
         except DreamForgeError:
             raise  # the job store itself is away: the job stays running and is reclaimed later
         except Exception as exc:
             jlog.exception("failed with an unexpected error")
             self.store.fail(job_id, self.worker_id, "internal_error", f"{type(exc).__name__}: {exc}")
             return "failed"
+
+    def _fail(self, job_id: str, exc: DreamForgeError, jlog: JobLogger) -> str:
+        jlog.error("failed: %s: %s", exc.code, exc.message)
+        self._patiently(f"[job={job_id}] recording failure",
+                        lambda: self.store.fail(job_id, self.worker_id, exc.code, exc.message, exc.details))
+        return "failed"

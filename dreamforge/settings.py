@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # SIGTERM lets a running job finish for this long before it is handed back to the queue.
     shutdown_grace_s: float = Field(default=600.0, ge=0)
     queue_name: str = "dreamforge"
+    # How long a worker holds a message or a finished image while the job store is away.
+    store_wait_s: float = Field(default=300.0, ge=0)
+    orphan_sweep_interval_s: float = Field(default=30.0, gt=0)
     # How fast an idle consumer polls a queue that cannot block (SQLite).
     poll_interval_s: float = Field(default=0.02, gt=0)
 

@@ -362,6 +362,12 @@ class JobStore:
                                                      "worker_id": worker_id, "attempt": attempts}, now)
         return bool(done)
 
+    def queued_before(self, age_s: float) -> list[str]:
+        cutoff = utcnow() - timedelta(seconds=age_s)
+        with self.read() as conn:
+            return list(conn.execute(sa.select(jobs.c.id).where(
+                jobs.c.status == JobStatus.queued.value, jobs.c.updated_at < cutoff)).scalars())
+
     # -- reading --------------------------------------------------------------------------------
     def job(self, job_id: str) -> dict[str, Any]:
         """The job with its steps and artifacts, as plain dicts."""

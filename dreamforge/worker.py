@@ -13,7 +13,12 @@ import socket
 import threading
 import uuid
 
+import time
+from typing import Any
+
 from huey import signals as huey_signals
+from huey.consumer import Consumer
+from huey.consumer import Worker as HueyWorker
 
 from dreamforge.errors import DreamForgeError
 from dreamforge.lifecycle import Executor
@@ -29,6 +34,45 @@ log = logging.getLogger("dreamforge.worker")
 
 def new_worker_id(kind: str = "worker") -> str:
     return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def make_executor(settings: Settings, store: JobStore, queue: JobQueue, storage: ArtifactStore,
+                  runner: Runner, kind: str = "worker") -> Executor:
+    return Executor(store, storage, runner, new_worker_id(kind), Spool(settings.spool_dir),
+                    requeue=queue.enqueue, max_attempts=settings.max_attempts,
+                    store_wait_s=settings.store_wait_s)
+
+
+class QuietHueyWorker(HueyWorker):
+    """Huey's worker loop, but a queue that is away (Redis restarting) is logged once per outage
+    and retried with backoff, instead of a traceback every poll interval."""
+
+    _outage_since: float | None = None
+
+    def loop(self, now: Any = None) -> None:
+        try:
+            task = self.huey.dequeue()
+        except Exception as exc:
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                self._logger.warning("queue unreachable (%s: %s); retrying", type(exc).__name__, exc)
+            self.stop_flag.wait(min(5.0, 0.25 * 2 ** min(6, int(time.monotonic() - self._outage_since))))
+            return
+        if self._outage_since is not None:
+            self._logger.warning("queue reachable again after %.1f s", time.monotonic() - self._outage_since)
+            self._outage_since = None
+        if task is not None:
+            self.delay = self.default_delay
+            try:
+                self.huey.execute(task, now)
+            except Exception:
+                self._logger.exception("unhandled error in task %s", task.id)
+        elif not self.huey.storage.blocking:
+            self.sleep()
+
+
+class QuietConsumer(Consumer):
+    worker_class = QuietHueyWorker
 
 
 class Heartbeat:
@@ -47,6 +91,7 @@ class Heartbeat:
         self.register = register
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="df-heartbeat", daemon=True)
+        self._next_sweep = time.monotonic() + settings.orphan_sweep_interval_s
 
     def start(self) -> None:
         self.beat()
@@ -69,6 +114,23 @@ class Heartbeat:
             log.warning("[job=%s] its worker went silent: now %s", job_id, status)
             if status == "queued":
                 self.queue.enqueue(job_id)
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + self.settings.orphan_sweep_interval_s
+            self.requeue_orphans()
+
+    def requeue_orphans(self) -> list[str]:
+        """Queued jobs whose queue message is gone (taken by a worker that died before claiming,
+        or lost with a queue that kept nothing): ring the bell again. A duplicate is harmless,
+        since only one claim can win."""
+        stale = self.store.queued_before(self.settings.worker_timeout_s)
+        if not stale:
+            return []
+        pending = set(self.queue.pending_job_ids())
+        orphans = [job_id for job_id in stale if job_id not in pending]
+        for job_id in orphans:
+            log.warning("[job=%s] queued without a queue entry: enqueued again", job_id)
+            self.queue.enqueue(job_id)
+        return orphans
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval_s):
@@ -85,7 +147,7 @@ def run_worker(settings: Settings, store: JobStore, queue: JobQueue, storage: Ar
     """Run until SIGTERM or SIGINT. SIGTERM (what ``docker stop`` sends) drains: no new jobs, the
     current ones finish within DF_SHUTDOWN_GRACE_S, and whatever is still running then is handed
     back to the queue. SIGINT stops at once and hands running jobs back."""
-    executor = Executor(store, storage, runner, new_worker_id(), Spool(settings.spool_dir))
+    executor = make_executor(settings, store, queue, storage, runner)
     heartbeat = Heartbeat(settings, store, queue, executor)
 
     @queue.huey.signal(huey_signals.SIGNAL_INTERRUPTED)
@@ -96,8 +158,8 @@ def run_worker(settings: Settings, store: JobStore, queue: JobQueue, storage: Ar
             log.info("[job=%s] handed back to the queue", job_id)
 
     set_task_handler(executor.execute)
-    consumer = queue.huey.create_consumer(
-        workers=concurrency, worker_type="thread", periodic=False,
+    consumer = QuietConsumer(
+        queue.huey, workers=concurrency, worker_type="thread", periodic=False,
         # Constant short polling: Huey's default backs off to 10 s when idle, which is what a
         # user would see as "my job sat queued". Redis pops block, so this only affects SQLite.
         initial_delay=settings.poll_interval_s, backoff=1.0, max_delay=settings.poll_interval_s,
@@ -130,7 +192,7 @@ class InlineWorker:
         self.store = store
         self.runner = runner
         self.job_id = job_id
-        self.executor = Executor(store, storage, runner, new_worker_id("cli"), Spool(settings.spool_dir))
+        self.executor = make_executor(settings, store, queue, storage, runner, "cli")
         self.heartbeat = Heartbeat(settings, store, queue, self.executor, register=False)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="df-inline", daemon=True)
@@ -171,16 +233,14 @@ class EmbeddedWorker:
 
     def __init__(self, settings: Settings, store: JobStore, queue: JobQueue,
                  storage: ArtifactStore, runner: Runner):
-        from huey.consumer import Worker as HueyWorker
-
         self.settings = settings
         self.queue = queue
         self.runner = runner
-        self.executor = Executor(store, storage, runner, new_worker_id(), Spool(settings.spool_dir))
+        self.executor = make_executor(settings, store, queue, storage, runner)
         self.heartbeat = Heartbeat(settings, store, queue, self.executor)
         self.store = store
         self._stop = threading.Event()
-        self._huey_worker = HueyWorker(queue.huey, self._stop, settings.poll_interval_s,
+        self._huey_worker = QuietHueyWorker(queue.huey, self._stop, settings.poll_interval_s,
                                        settings.poll_interval_s, 1.0)
         self._thread = threading.Thread(target=self._loop, name="df-embedded-worker", daemon=True)
 

@@ -161,19 +161,26 @@ def _child_pid(log: str) -> int:
     return int(found[-1])
 
 
-@sqlite_only
-def test_child_crash_fails_the_job_and_the_next_gets_a_fresh_child(df_env, tiny_model, start_worker):
-    folder, _ = tiny_model
-    worker = start_worker(env=sdxl_env(folder))
-    svc = JobService.from_settings(Settings())
+def _kill_child_mid_job(svc: JobService, worker, job_id: str) -> int:
     deadline = time.monotonic() + 60
     while "SDXL child" not in worker.log() and time.monotonic() < deadline:
         time.sleep(0.05)
     pid = _child_pid(worker.log())
-    slow = svc.submit(parse_request({"prompt": "slow", "width": 256, "height": 256, "steps": 150})).view.id
-    while svc.get(slow).steps[0].progress.current < 1:
+    while svc.get(job_id).steps[0].progress.current < 1:
         time.sleep(0.01)
     os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+@sqlite_only
+def test_child_crash_on_the_last_attempt_fails_with_runner_crashed(df_env, tiny_model, start_worker):
+    """The child killed mid-job: the job fails with runner_crashed (no attempts left), the worker
+    lives on, and the next job gets a fresh child."""
+    folder, _ = tiny_model
+    worker = start_worker(env={**sdxl_env(folder), "DF_MAX_ATTEMPTS": "1"})
+    svc = JobService.from_settings(Settings())
+    slow = svc.submit(parse_request({"prompt": "slow", "width": 128, "height": 128, "steps": 150})).view.id
+    pid = _kill_child_mid_job(svc, worker, slow)
     [view] = wait_all(svc, [slow])
     assert view.status.value == "failed" and view.error.code == "runner_crashed"
     assert "exit code -9" in view.error.message
@@ -182,6 +189,23 @@ def test_child_crash_fails_the_job_and_the_next_gets_a_fresh_child(df_env, tiny_
     assert view.status.value == "succeeded", view.error
     assert _child_pid(worker.log()) != pid and worker.log().count(" ready: ") == 2
     assert worker.proc.poll() is None
+
+
+@sqlite_only
+def test_child_crash_with_attempts_left_runs_the_job_again(df_env, tiny_model, start_worker):
+    folder, _ = tiny_model
+    worker = start_worker(env={**sdxl_env(folder), "DF_MAX_ATTEMPTS": "2"})
+    svc = JobService.from_settings(Settings())
+    job = svc.submit(parse_request({"prompt": "again", "width": 128, "height": 128, "steps": 30,
+                                    "seed": 9})).view.id
+    _kill_child_mid_job(svc, worker, job)
+    [view] = wait_all(svc, [job])
+    assert view.status.value == "succeeded", view.error
+    assert view.attempts == 2
+    statuses = [(e["payload"].get("status"), e["payload"].get("reason")) for e in svc.events(job)
+                if e["kind"] == "status"]
+    assert statuses == [("queued", None), ("running", None), ("queued", "runner_crashed"),
+                        ("running", None), ("succeeded", None)]
 
 
 @sqlite_only

@@ -135,7 +135,11 @@ class ChildRunner:
                     raise RunnerError(message[2], code=message[1])
 
     def close(self) -> None:
-        with self._lock:
+        if not self._lock.acquire(timeout=5):
+            # A job is still generating (a worker stopping past its grace): don't wait for it.
+            self._reap()
+            return
+        try:
             if self._alive():
                 assert self._conn is not None
                 try:
@@ -144,3 +148,5 @@ class ChildRunner:
                 except (OSError, BrokenPipeError):
                     pass
             self._reap()
+        finally:
+            self._lock.release()
