@@ -163,3 +163,27 @@ def s3_settings_env(endpoint: str, bucket: str | None = None) -> dict[str, str]:
             "DF_S3_ENDPOINT_URL": endpoint, "DF_S3_ACCESS_KEY_ID": ACCESS_KEY,
             "DF_S3_SECRET_ACCESS_KEY": SECRET_KEY, "DF_S3_RETRY_BACKOFF_S": "0.05",
             "DF_S3_RETRIES": "3", "DF_S3_TIMEOUT_S": "3"}
+
+
+# -- the fault table: each reliability test records what it did and how its jobs ended ----------
+FAULT_ROWS: list[tuple[str, str, int, dict[str, int]]] = []
+
+
+@pytest.fixture
+def fault_report(request: pytest.FixtureRequest):
+    def record(fault: str, counts: dict[str, int]) -> None:
+        backend = request.node.callspec.params.get("df_env", "-") if hasattr(request.node, "callspec") else "-"
+        FAULT_ROWS.append((fault, backend, sum(counts.values()), counts))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not FAULT_ROWS:
+        return
+    tr = terminalreporter
+    tr.section("faults tried (jobs submitted → how they ended)")
+    tr.write_line(f"{'fault':<62}{'backend':<16}{'jobs':>5}{'succeeded':>11}{'failed':>8}{'queued':>8}{'running':>9}")
+    for fault, backend, total, counts in FAULT_ROWS:
+        tr.write_line(f"{fault:<62}{backend:<16}{total:>5}{counts.get('succeeded', 0):>11}"
+                      f"{counts.get('failed', 0):>8}{counts.get('queued', 0):>8}{counts.get('running', 0):>9}")
