@@ -269,10 +269,9 @@ def test_openapi_document_is_current():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("df_env", ["sqlite"], indirect=True)  # the contract is the same on both
 def test_schemathesis_against_the_committed_spec(serve, df_env, tmp_path):
     """No 5xx, every response conforms to its schema, across generated requests."""
-    if "DF_QUEUE_URL" in df_env:
-        pytest.skip("the contract does not depend on the backend; run once, on SQLite")
     server = serve("--no-worker")
     st = Path(sys.executable).parent / "st"
     result = subprocess.run(
