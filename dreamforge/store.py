@@ -288,17 +288,23 @@ class JobStore:
                                                  "recovered_from": "storage_error"}, now)
         return True
 
-    def release(self, job_id: str, worker_id: str, reason: str) -> bool:
-        """running → queued, by the worker that holds it (a graceful stop hands the job back)."""
+    def release(self, job_id: str, worker_id: str, reason: str, *,
+                silent_since: datetime | None = None, event: dict[str, Any] | None = None) -> bool:
+        """running → queued: a worker hands back a job it holds (graceful stop, a crashed runner),
+        or the reaper takes one whose holder has been silent since ``silent_since``."""
         now = utcnow()
+        where = self._owned(job_id, worker_id)
+        if silent_since is not None:
+            where = sa.and_(where, jobs.c.heartbeat_at < silent_since)
         with self.write() as conn:
-            done = conn.execute(jobs.update().where(self._owned(job_id, worker_id)).values(
+            done = conn.execute(jobs.update().where(where).values(
                 status=JobStatus.queued.value, worker_id=None, heartbeat_at=None,
                 updated_at=now)).rowcount
             if done:
                 conn.execute(steps.update().where(steps.c.job_id == job_id)
                              .values(status=JobStatus.queued.value, progress_current=0))
-                self._event(conn, job_id, "status", {"status": "queued", "reason": reason}, now)
+                self._event(conn, job_id, "status",
+                            {"status": "queued", "reason": reason, **(event or {})}, now)
         return bool(done)
 
     # -- liveness -------------------------------------------------------------------------------
@@ -349,23 +355,10 @@ class JobStore:
                              f"the worker running this job went silent ({attempts} attempts)",
                              {"worker_id": worker_id, "attempts": attempts}):
                     moved.append((job_id, JobStatus.failed.value))
-            elif self._requeue_if_stale(job_id, worker_id, cutoff, attempts):
+            elif self.release(job_id, worker_id, "worker_lost", silent_since=cutoff,
+                              event={"worker_id": worker_id, "attempt": attempts}):
                 moved.append((job_id, JobStatus.queued.value))
         return moved
-
-    def _requeue_if_stale(self, job_id: str, worker_id: str, cutoff: datetime, attempts: int) -> bool:
-        now = utcnow()
-        with self.write() as conn:
-            done = conn.execute(jobs.update().where(
-                self._owned(job_id, worker_id), jobs.c.heartbeat_at < cutoff).values(
-                status=JobStatus.queued.value, worker_id=None, heartbeat_at=None,
-                updated_at=now)).rowcount
-            if done:
-                conn.execute(steps.update().where(steps.c.job_id == job_id)
-                             .values(status=JobStatus.queued.value, progress_current=0))
-                self._event(conn, job_id, "status", {"status": "queued", "reason": "worker_lost",
-                                                     "worker_id": worker_id, "attempt": attempts}, now)
-        return bool(done)
 
     def queued_before(self, age_s: float) -> list[str]:
         cutoff = utcnow() - timedelta(seconds=age_s)

@@ -63,6 +63,10 @@ class SDXL:
     def describe(self) -> str:
         return f"{self.path} on {self.device} ({str(self.dtype).replace('torch.', '')})"
 
+    def config_dir(self) -> Path:
+        """Configs and tokenizers for single files: DF_MODEL_CONFIG_DIR, or SDXL base's, shipped."""
+        return self.settings.model_config_dir or sdxl_config_dir(self.settings.data_dir / "model-config")
+
     def load(self) -> None:
         import torch
         from diffusers import StableDiffusionXLPipeline
@@ -72,11 +76,9 @@ class SDXL:
                 pipe = StableDiffusionXLPipeline.from_pretrained(
                     self.path, dtype=self.dtype, local_files_only=True)
             else:
-                shipped = self.settings.model_config_dir is None
-                config = self.settings.model_config_dir or sdxl_config_dir(self.settings.data_dir / "model-config")
                 pipe = StableDiffusionXLPipeline.from_single_file(
-                    str(self.path), config=str(config), local_files_only=True, dtype=self.dtype)
-                if shipped:
+                    str(self.path), config=str(self.config_dir()), local_files_only=True, dtype=self.dtype)
+                if self.settings.model_config_dir is None:  # our shipped tokenizers
                     use_open_clip_padding(pipe.tokenizer_2)
         except (OSError, ValueError, KeyError, RuntimeError, EnvironmentError) as exc:
             raise RunnerError(
@@ -102,9 +104,8 @@ class SDXL:
         if path.is_dir():
             vae = AutoencoderKL.from_pretrained(path, dtype=self.dtype, local_files_only=True)
         else:
-            vae = AutoencoderKL.from_single_file(str(path), config=str(
-                self.settings.model_config_dir or sdxl_config_dir(self.settings.data_dir / "model-config")),
-                subfolder="vae", dtype=self.dtype, local_files_only=True)
+            vae = AutoencoderKL.from_single_file(str(path), config=str(self.config_dir()), subfolder="vae",
+                                                 dtype=self.dtype, local_files_only=True)
         # A VAE fixed for fp16 (e.g. sdxl-vae-fp16-fix) decodes in half precision without the upcast.
         vae.register_to_config(force_upcast=False)
         pipe.vae = vae

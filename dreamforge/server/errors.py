@@ -40,12 +40,18 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def envelope(request: Request | None, status: int, code: str, message: str, details: Any = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
-    correlation_id = getattr(request.state, "request_id", None) if request is not None else None
+def envelope_response(status: int, code: str, message: str, details: Any = None,
+                      correlation_id: str | None = None,
+                      headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details,
                       "correlation_id": correlation_id}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def envelope(request: Request, status: int, code: str, message: str, details: Any = None,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    return envelope_response(status, code, message, details,
+                             getattr(request.state, "request_id", None), headers)
 
 
 async def api_error(request: Request, exc: Exception) -> JSONResponse:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import uuid
@@ -11,21 +10,12 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dreamforge.server.errors import envelope_response
+
 log = logging.getLogger("dreamforge.server")
 
 VISIBLE = re.compile(r"^[\x21-\x7e]{1,255}$")
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
-
-
-def _json_error(status: int, code: str, message: str, request_id: str,
-                extra_headers: list[tuple[bytes, bytes]] = ()) -> tuple[Message, Message]:
-    body = json.dumps({"error": {"code": code, "message": message, "details": None,
-                                 "correlation_id": request_id}}).encode()
-    start = {"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"),
-                         (b"content-length", str(len(body)).encode()),
-                         (b"x-request-id", request_id.encode()), *extra_headers]}
-    return start, {"type": "http.response.body", "body": body}
 
 
 class RequestContext:
@@ -49,9 +39,10 @@ class RequestContext:
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
                                                                       self.api_token):
-                for message in _json_error(401, "unauthorized", "a valid bearer token is required",
-                                           request_id, [(b"www-authenticate", b"Bearer")]):
-                    await send(message)
+                response = envelope_response(401, "unauthorized", "a valid bearer token is required",
+                                             correlation_id=request_id,
+                                             headers={"WWW-Authenticate": "Bearer", "X-Request-ID": request_id})
+                await response(scope, receive, send)
                 return
 
         started = False
@@ -70,6 +61,7 @@ class RequestContext:
                           scope["path"])
             if started:
                 raise
-            for message in _json_error(500, "internal_error", "internal error", request_id):
-                await send(message)
+            response = envelope_response(500, "internal_error", "internal error",
+                                         correlation_id=request_id, headers={"X-Request-ID": request_id})
+            await response(scope, receive, send)
 
