@@ -154,7 +154,9 @@ def test_compose_config_validates_with_compose_v2(tmp_path):
     bare = {k: v for k, v in env.items() if k not in COMPOSE_ENV}
     refused = subprocess.run([*base, "-f", "compose.yaml", "config"], env=bare, capture_output=True,
                              text=True, cwd=ROOT)
-    assert refused.returncode != 0 and "POSTGRES_PASSWORD" in refused.stderr
+    # Compose names whichever missing variable it meets first; which one that is varies.
+    assert refused.returncode != 0 and "required variable" in refused.stderr
+    assert any(name in refused.stderr for name in COMPOSE_ENV)
 
 
 def test_env_inspect_on_a_gpu_host(gpu_host):
