@@ -60,6 +60,14 @@ class Executor:
         with self._lock:
             return list(self._active)
 
+    def hand_back(self, job_id: str, reason: str) -> bool:
+        """Put a job this worker holds back on the queue (running → queued, then the bell)."""
+        if not self.store.release(job_id, self.worker_id, reason):
+            return False
+        if self.requeue is not None:
+            self.requeue(job_id)
+        return True
+
     def _patiently(self, what: str, call: Callable[[], T]) -> T:
         """Retry a job-store call while the store is away (up to store_wait_s): the message in hand
         or the finished image is worth waiting for, and nothing else can be done without the store."""
@@ -155,8 +163,7 @@ class Executor:
                 # The runner died under this job, not because of it (most likely): try again.
                 jlog.warning("attempt %d of %d ended with %s; back to the queue", attempt,
                              self.max_attempts, exc.code)
-                if self.store.release(job_id, self.worker_id, exc.code):
-                    self.requeue(job_id)
+                self.hand_back(job_id, exc.code)
                 return "queued"
             return self._fail(job_id, exc, jlog)
         except StorageError as exc:

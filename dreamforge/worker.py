@@ -11,9 +11,8 @@ import logging
 import os
 import socket
 import threading
-import uuid
-
 import time
+import uuid
 from typing import Any
 
 from huey import signals as huey_signals
@@ -153,8 +152,7 @@ def run_worker(settings: Settings, store: JobStore, queue: JobQueue, storage: Ar
     @queue.huey.signal(huey_signals.SIGNAL_INTERRUPTED)
     def _hand_back(_signal: str, task: object, *_: object) -> None:
         job_id = getattr(task, "args", (None,))[0]
-        if job_id and store.release(job_id, executor.worker_id, "worker stopped"):
-            queue.enqueue(job_id)
+        if job_id and executor.hand_back(job_id, "worker stopped"):
             log.info("[job=%s] handed back to the queue", job_id)
 
     set_task_handler(executor.execute)
@@ -241,7 +239,7 @@ class EmbeddedWorker:
         self.store = store
         self._stop = threading.Event()
         self._huey_worker = QuietHueyWorker(queue.huey, self._stop, settings.poll_interval_s,
-                                       settings.poll_interval_s, 1.0)
+                                            settings.poll_interval_s, 1.0)
         self._thread = threading.Thread(target=self._loop, name="df-embedded-worker", daemon=True)
 
     def start(self) -> None:
@@ -260,8 +258,7 @@ class EmbeddedWorker:
         self._stop.set()
         self._thread.join(timeout=self.settings.shutdown_grace_s)
         for job_id in self.executor.active():
-            if self.store.release(job_id, self.executor.worker_id, "server stopped"):
-                self.queue.enqueue(job_id)
+            self.executor.hand_back(job_id, "server stopped")
         self.heartbeat.stop()
         self.store.worker_stopped(self.executor.worker_id)
         set_task_handler(None)
