@@ -220,8 +220,13 @@ class InlineWorker:
                     self.executor.execute(self.job_id)
                     continue
                 self.queue.huey.execute(task)
-        except BaseException as exc:  # reported by the CLI, which is watching the job
+        except BaseException as exc:  # raised in the CLI by check(), which it calls while watching
             self.error = exc
+
+    def check(self) -> None:
+        """Raise what stopped the in-process run, so the CLI does not watch a job nobody runs."""
+        if self.error is not None:
+            raise self.error
 
 
 class EmbeddedWorker:

@@ -199,3 +199,20 @@ def test_worker_survives_runner_errors(df_env, start_worker, tmp_path):
         assert view.status.value == "failed" and view.error.code == "model_not_found"
     assert worker.proc.poll() is None
     assert worker.stop() == 0
+
+
+def test_inline_run_that_dies_ends_the_wait_instead_of_hanging(df_env, monkeypatch):
+    """If the CLI's own in-process run breaks, --wait reports it and exits 1 rather than
+    watching forever a job that nobody runs."""
+    from huey.api import Huey
+
+    def broken_dequeue(self):
+        raise RuntimeError("queue storage broke")
+
+    monkeypatch.setattr(Huey, "dequeue", broken_dequeue)
+    started = time.monotonic()
+    result = generate("doomed", "--width", "64", "--height", "64", "--steps", "1", "--wait")
+    assert result.exit_code == 1 and "queue storage broke" in result.output
+    assert time.monotonic() - started < 30
+    [view] = service().list()
+    assert view.status.value == "queued"  # still queued for a real worker: nothing lost

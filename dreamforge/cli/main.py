@@ -65,7 +65,7 @@ def generate(
         inline.start()
     elif not as_json:
         err_console.print(f"Job {view.id} queued; a worker will run it.", highlight=False)
-    view = render.watch(service, view.id, quiet=as_json)
+    view = render.watch(service, view.id, quiet=as_json, check=inline.check if inline else None)
     if inline is not None:
         inline.join()
     if as_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
@@ -22,14 +23,22 @@ def _step_progress(view: JobView) -> tuple[int, int]:
     return step.progress.current, max(step.progress.total, 1)
 
 
-def watch(service: JobService, job_id: str, *, quiet: bool = False) -> JobView:
+def watch(service: JobService, job_id: str, *, quiet: bool = False,
+          check: Callable[[], None] | None = None) -> JobView:
     """Follow a job until it ends: a progress bar on a terminal, one line per status change
-    otherwise (stderr either way, so stdout stays for results)."""
+    otherwise (stderr either way, so stdout stays for results). ``check`` runs at every poll and
+    may raise to stop watching (the CLI's own in-process run died)."""
+
+    def poll() -> JobView:
+        time.sleep(POLL_S)
+        if check is not None:
+            check()
+        return service.get(job_id)
+
     view = service.get(job_id)
     if quiet:
         while not view.status.is_terminal():
-            time.sleep(POLL_S)
-            view = service.get(job_id)
+            view = poll()
         return view
     if not err_console.is_terminal:
         last = None
@@ -39,8 +48,7 @@ def watch(service: JobService, job_id: str, *, quiet: bool = False) -> JobView:
                 last = view.status
             if view.status.is_terminal():
                 return view
-            time.sleep(POLL_S)
-            view = service.get(job_id)
+            view = poll()
     columns = (TextColumn("[bold]{task.fields[status]:<9}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("steps"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as progress:
@@ -52,8 +60,7 @@ def watch(service: JobService, job_id: str, *, quiet: bool = False) -> JobView:
             progress.update(task, total=total, completed=current, status=view.status.value)
             if view.status.is_terminal():
                 return view
-            time.sleep(POLL_S)
-            view = service.get(job_id)
+            view = poll()
 
 
 def artifact_location(view: JobView) -> str | None:
