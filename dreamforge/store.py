@@ -248,11 +248,14 @@ class JobStore:
         return True
 
     def fail(self, job_id: str, worker_id: str | None, code: str, message: str,
-             details: Any = None) -> bool:
-        """running → failed (or queued → failed when worker_id is None)."""
+             details: Any = None, *, silent_since: datetime | None = None) -> bool:
+        """running → failed (or queued → failed when worker_id is None); with ``silent_since``,
+        only if the holder has not beaten since (the reaper's condition, as in ``release``)."""
         now = utcnow()
         where = (self._owned(job_id, worker_id) if worker_id is not None else
                  sa.and_(jobs.c.id == job_id, jobs.c.status.in_(["queued", "running"])))
+        if silent_since is not None:
+            where = sa.and_(where, jobs.c.heartbeat_at < silent_since)
         with self.write() as conn:
             done = conn.execute(jobs.update().where(where).values(
                 status=JobStatus.failed.value, error_code=code, error_message=message,
@@ -353,7 +356,7 @@ class JobStore:
             if attempts >= max_attempts:
                 if self.fail(job_id, worker_id, "worker_lost",
                              f"the worker running this job went silent ({attempts} attempts)",
-                             {"worker_id": worker_id, "attempts": attempts}):
+                             {"worker_id": worker_id, "attempts": attempts}, silent_since=cutoff):
                     moved.append((job_id, JobStatus.failed.value))
             elif self.release(job_id, worker_id, "worker_lost", silent_since=cutoff,
                               event={"worker_id": worker_id, "attempt": attempts}):
