@@ -44,7 +44,6 @@ class ChildRunner:
         self._proc: Any = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()
-        self.loads = 0  # how many times a child loaded the model: once per worker when all is well
 
     # -- child management -----------------------------------------------------------------------
     def _alive(self) -> bool:
@@ -67,7 +66,6 @@ class ChildRunner:
         if message[0] == "error":
             self._reap()
             raise RunnerError(message[2], code=message[1], details=message[3] if len(message) > 3 else None)
-        self.loads += 1
         log.info("SDXL child %d ready: %s", self._proc.pid, message[1])
 
     def _reap(self) -> None:
