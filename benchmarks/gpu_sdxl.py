@@ -143,7 +143,7 @@ def start_worker(settings, service):  # noqa: ANN001
     if not runner._alive():
         raise SystemExit("the runner child did not start; see the log above")
     ready_s = time.perf_counter() - t0
-    worker = EmbeddedWorker(settings, service.store, service.queue, service.storage, runner)
+    worker = EmbeddedWorker(service, runner)
     worker.start()
     return worker, ready_s
 

@@ -67,7 +67,7 @@ class JobService:
     def get(self, job_id: str) -> JobView:
         return self._view(self.store.job(job_id))
 
-    def list(self, status: str | None = None, limit: int = 20) -> list[JobView]:
+    def list_jobs(self, status: str | None = None, limit: int = 20) -> list[JobView]:
         return [self._view(j) for j in self.store.list(status, limit)]
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
@@ -82,6 +82,18 @@ class JobService:
                 "workers": [{"id": w["id"], "hostname": w["hostname"], "pid": w["pid"],
                              "heartbeat_at": w["heartbeat_at"].isoformat()}
                             for w in self.live_workers()]}
+
+    def readiness(self) -> dict[str, str]:
+        """Each backend's state: "ok", or why it can't be reached."""
+        checks: dict[str, str] = {}
+        for name, probe in (("job_store", self.store.ping), ("queue", self.queue.ping),
+                            ("artifact_store", self.storage.check)):
+            try:
+                probe()
+                checks[name] = "ok"
+            except DreamForgeError as exc:
+                checks[name] = exc.message
+        return checks
 
     def artifact_bytes(self, s3_key: str) -> bytes:
         return self.storage.get(s3_key)

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huey import signals as huey_signals
 from huey.consumer import Consumer
@@ -27,6 +27,9 @@ from dreamforge.settings import Settings
 from dreamforge.spool import Spool
 from dreamforge.storage import ArtifactStore
 from dreamforge.store import JobStore
+
+if TYPE_CHECKING:
+    from dreamforge.service import JobService
 
 log = logging.getLogger("dreamforge.worker")
 
@@ -141,11 +144,11 @@ class Heartbeat:
                 log.exception("heartbeat failed (will retry)")
 
 
-def run_worker(settings: Settings, store: JobStore, queue: JobQueue, storage: ArtifactStore,
-               runner: Runner, concurrency: int = 1) -> None:
+def run_worker(service: "JobService", runner: Runner, concurrency: int = 1) -> None:
     """Run until SIGTERM or SIGINT. SIGTERM (what ``docker stop`` sends) drains: no new jobs, the
     current ones finish within DF_SHUTDOWN_GRACE_S, and whatever is still running then is handed
     back to the queue. SIGINT stops at once and hands running jobs back."""
+    settings, store, queue, storage = service.settings, service.store, service.queue, service.storage
     executor = make_executor(settings, store, queue, storage, runner)
     heartbeat = Heartbeat(settings, store, queue, executor)
 
@@ -183,8 +186,8 @@ class InlineWorker:
     """The CLI's stand-in when no worker is alive: a thread that works through the queue until
     one job has ended, exactly as a consumer would (so the queue entries it leaves are none)."""
 
-    def __init__(self, settings: Settings, store: JobStore, queue: JobQueue,
-                 storage: ArtifactStore, runner: Runner, job_id: str):
+    def __init__(self, service: "JobService", runner: Runner, job_id: str):
+        settings, store, queue, storage = service.settings, service.store, service.queue, service.storage
         self.settings = settings
         self.queue = queue
         self.store = store
@@ -234,8 +237,8 @@ class EmbeddedWorker:
     Consumer installs signal handlers and so wants the main thread, which uvicorn owns; the
     server's lifespan starts and drains this one instead."""
 
-    def __init__(self, settings: Settings, store: JobStore, queue: JobQueue,
-                 storage: ArtifactStore, runner: Runner):
+    def __init__(self, service: "JobService", runner: Runner):
+        settings, store, queue, storage = service.settings, service.store, service.queue, service.storage
         self.settings = settings
         self.queue = queue
         self.runner = runner

@@ -42,7 +42,7 @@ def test_generate_wait_runs_in_process_and_records_everything(df_env, tmp_path):
     assert "No live worker: running job" in result.output
 
     svc = service()
-    [view] = svc.list()
+    [view] = svc.list_jobs()
     assert view.status.value == "succeeded"
     assert view.summary.completed == 1 and view.summary.count == 1
     [step] = view.steps
@@ -125,13 +125,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(df_env, args, message):
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     svc = service()
-    assert svc.list() == [] and svc.queue.depth() == 0
+    assert svc.list_jobs() == [] and svc.queue.depth() == 0
 
 
 def test_blank_prompt_is_refused(df_env):
     result = generate("   ", "--wait")
     assert result.exit_code == 2 and "prompt must not be blank" in result.output
-    assert service().list() == []
+    assert service().list_jobs() == []
 
 
 def test_unknown_job_is_exit_1(df_env):
@@ -177,7 +177,7 @@ def test_missing_checkpoint_fails_with_model_not_found(df_env, monkeypatch, tmp_
     assert result.exit_code == 1
     assert "model_not_found" in result.output and "nope.safetensors" in result.output
     assert "DF_GENERATE_MODEL_PATH" in result.output
-    [view] = service().list()
+    [view] = service().list_jobs()
     assert view.status.value == "failed" and view.error.code == "model_not_found"
     assert view.error.details["path"] == str(tmp_path / "nope.safetensors")
 
@@ -214,5 +214,5 @@ def test_inline_run_that_dies_ends_the_wait_instead_of_hanging(df_env, monkeypat
     result = generate("doomed", "--width", "64", "--height", "64", "--steps", "1", "--wait")
     assert result.exit_code == 1 and "queue storage broke" in result.output
     assert time.monotonic() - started < 30
-    [view] = service().list()
+    [view] = service().list_jobs()
     assert view.status.value == "queued"  # still queued for a real worker: nothing lost

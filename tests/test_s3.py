@@ -57,7 +57,7 @@ def test_upload_key_metadata_presigned_and_private(s3_env, seaweed, tmp_path):
                          "--wait", "-o", str(out)])
     assert r.exit_code == 0, r.output
 
-    view = JobService.from_settings(Settings()).list()[0]
+    view = JobService.from_settings(Settings()).list_jobs()[0]
     [art] = view.artifacts
     assert KEY.match(art.s3_key), art.s3_key
     obj = s3.get_object(Bucket=bucket, Key=art.s3_key, ChecksumMode="ENABLED")
@@ -92,7 +92,7 @@ def test_bucket_creation_can_be_forbidden(s3_env, monkeypatch):
     r = cli.invoke(app, ["generate", "no bucket", "--width", "64", "--height", "64", "--steps", "1",
                          "--wait"])
     assert r.exit_code == 1
-    view = JobService.from_settings(Settings()).list()[0]
+    view = JobService.from_settings(Settings()).list_jobs()[0]
     assert view.error.code == "storage_error"
     assert repr(bucket_of(s3_env)) in view.error.message and "DF_S3_CREATE_BUCKET" in view.error.message
     assert view.error.details["spool_path"]
@@ -104,7 +104,7 @@ def test_wrong_credentials_fail_without_leaking_and_spool_then_retry(s3_env, mon
                          "--wait"])
     assert r.exit_code == 1
     assert "not-the-secret-xyz" not in r.output and SECRET_KEY not in r.output
-    view = JobService.from_settings(Settings()).list()[0]
+    view = JobService.from_settings(Settings()).list_jobs()[0]
     assert view.status.value == "failed" and view.error.code == "storage_error"
     assert seaweed.endpoint in view.error.message and bucket_of(s3_env) in view.error.message
     assert "not-the-secret-xyz" not in json.dumps(view.model_dump(mode="json"))

@@ -23,7 +23,7 @@ def list_jobs(
 ) -> None:
     """A table of recent jobs."""
     service = JobService.from_settings(load_settings())
-    views = service.list(status.value if status else None, limit)
+    views = service.list_jobs(status.value if status else None, limit)
     if as_json:
         print_json([v.model_dump(mode="json") for v in views])
     else:

@@ -60,8 +60,7 @@ def generate(
 
         setup_logging(logging.WARNING)
         err_console.print(f"No live worker: running job {view.id} in this process.", highlight=False)
-        inline = InlineWorker(settings, service.store, service.queue, service.storage,
-                              make_runner(settings), view.id)
+        inline = InlineWorker(service, make_runner(settings), view.id)
         inline.start()
     elif not as_json:
         err_console.print(f"Job {view.id} queued; a worker will run it.", highlight=False)
@@ -93,8 +92,7 @@ def worker(
     settings = load_settings()
     setup_logging()
     service = JobService.from_settings(settings)
-    run_worker(settings, service.store, service.queue, service.storage, make_runner(settings),
-               concurrency)
+    run_worker(service, make_runner(settings), concurrency)
 
 
 @app.command()

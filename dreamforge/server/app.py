@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dreamforge.errors import DreamForgeError, InvalidRequest, StorageError
+from dreamforge.errors import InvalidRequest
 from dreamforge.schemas import JobStatus, field_errors, parse_request
 from dreamforge.server.errors import EXCEPTION_HANDLERS, ApiError, envelope
 from dreamforge.server.metrics import make_registry, metrics_text
@@ -85,7 +85,7 @@ def list_jobs(request: Request) -> Response:
     except ValidationError as exc:
         details = field_errors(exc)
         raise InvalidRequest(details[0]["message"], details=details) from None
-    views = _service(request).list(query.status.value if query.status else None, query.limit)
+    views = _service(request).list_jobs(query.status.value if query.status else None, query.limit)
     return JSONResponse({"jobs": [v.model_dump(mode="json") for v in views]})
 
 
@@ -94,15 +94,7 @@ def healthz(request: Request) -> Response:
 
 
 def readyz(request: Request) -> Response:
-    service = _service(request)
-    checks: dict[str, str] = {}
-    for name, probe in (("job_store", service.store.ping), ("queue", service.queue.ping),
-                        ("artifact_store", service.storage.check)):
-        try:
-            probe()
-            checks[name] = "ok"
-        except (DreamForgeError, StorageError) as exc:
-            checks[name] = exc.message
+    checks = _service(request).readiness()
     if all(v == "ok" for v in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
     down = ", ".join(k for k, v in checks.items() if v != "ok")
@@ -137,7 +129,7 @@ def create_app(settings: Settings, *, service: JobService | None = None,
             from dreamforge.runners import make_runner
             from dreamforge.worker import EmbeddedWorker
 
-            worker = EmbeddedWorker(settings, svc.store, svc.queue, svc.storage, make_runner(settings))
+            worker = EmbeddedWorker(svc, make_runner(settings))
             worker.start()
         try:
             yield {"service": svc, "metrics": make_registry(svc)}

@@ -19,9 +19,8 @@ class JobCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("dreamforge_backends_up", "1 when the job store and queue answered")
         try:
-            counts = self.service.store.counts()
-            depth = self.service.queue.depth()
-            workers = len(self.service.live_workers())
+            status = self.service.status()
+            counts, depth, workers = status["jobs"], status["queue_depth"], len(status["workers"])
         except DreamForgeError:
             up.add_metric([], 0)
             yield up
