@@ -1,6 +1,7 @@
 """The DreamForge error tree. Doors translate these; nothing above a backend sees a driver's error.
 
 DreamForgeError
+├── ConfigError             a malformed setting (exit 2; the server refuses to start)
 ├── InvalidRequest          bad input (422 / exit 2)
 ├── JobNotFound             unknown job id (404 / exit 1)
 ├── IdempotencyConflict     same key, other body (409)
@@ -23,6 +24,13 @@ class DreamForgeError(Exception):
         self.details = details
         if code:
             self.code = code
+
+
+class ConfigError(DreamForgeError):
+    """A setting that can't work (a backend URL with an unknown scheme, say). The message names
+    the setting."""
+
+    code = "config_error"
 
 
 class InvalidRequest(DreamForgeError):

@@ -14,7 +14,7 @@ from typing import Any
 from huey import Huey, RedisHuey, SqliteHuey
 from huey.storage import SqliteStorage
 
-from dreamforge.errors import BackendUnavailable
+from dreamforge.errors import BackendUnavailable, ConfigError
 
 TASK_NAME = "jobs.generate"
 
@@ -57,7 +57,7 @@ def make_huey(url: str, name: str = "dreamforge") -> Huey:
                                        health_check_interval=15)
         return RedisHuey(name=name, connection_pool=pool, results=False, blocking=True,
                          read_timeout=1)
-    raise ValueError(f"unsupported DF_QUEUE_URL scheme: {url.split(':', 1)[0]!r} "
+    raise ConfigError(f"unsupported DF_QUEUE_URL scheme: {url.split(':', 1)[0]!r} "
                      "(use sqlite:///PATH or redis://HOST:PORT/DB)")
 
 

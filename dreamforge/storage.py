@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from dreamforge.errors import StorageError
+from dreamforge.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from dreamforge.settings import Settings
@@ -104,5 +104,5 @@ def make_store(settings: "Settings") -> ArtifactStore:
         from dreamforge.s3 import S3Store
 
         return S3Store.from_settings(settings)
-    raise ValueError(f"unsupported DF_STORAGE_URL scheme: {url.split(':', 1)[0]!r} "
+    raise ConfigError(f"unsupported DF_STORAGE_URL scheme: {url.split(':', 1)[0]!r} "
                      "(use file:///PATH or s3://BUCKET)")

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
-from dreamforge.errors import BackendUnavailable, IdempotencyConflict, JobNotFound
+from dreamforge.errors import BackendUnavailable, ConfigError, IdempotencyConflict, JobNotFound
 from dreamforge.schemas import JobStatus
 from dreamforge.tables import Artifact, Event, Job, Step, Worker, utcnow
 
@@ -64,6 +64,9 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
+    if not url.startswith("postgresql"):
+        raise ConfigError(f"unsupported DF_DATABASE_URL scheme: {url.split(':', 1)[0]!r} "
+                          "(use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)")
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 

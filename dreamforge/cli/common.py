@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from dreamforge.errors import DreamForgeError, InvalidRequest, JobNotFound
+from dreamforge.errors import ConfigError, DreamForgeError, InvalidRequest, JobNotFound
 from dreamforge.settings import Settings
 
 console = Console()
@@ -47,14 +47,12 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except InvalidRequest as exc:
+        except (InvalidRequest, ConfigError) as exc:
             fail(exc.message, EXIT_USAGE)
         except JobNotFound as exc:
             fail(exc.message, EXIT_FAILED)
         except DreamForgeError as exc:
             fail(exc.message, EXIT_FAILED)
-        except ValueError as exc:  # a malformed backend URL in settings
-            fail(str(exc), EXIT_USAGE)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
