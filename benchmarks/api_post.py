@@ -80,7 +80,7 @@ def run_backend(name: str, total: int, concurrency: int) -> dict[str, float]:
             from dreamforge.settings import Settings
 
             service = JobService.from_settings(Settings())
-            rows = sum(service.store.counts().values())
+            rows = sum(service.job_store.counts().values())
             pending = service.queue.pending_job_ids()
             service.close()
             for key in env:

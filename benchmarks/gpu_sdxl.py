@@ -121,8 +121,8 @@ def time_dreamforge(service, sizes: list[tuple[int, int, int]], repeats: int) ->
 def _phases(service, job_id: str) -> dict[str, float]:  # noqa: ANN001
     """Where a job's time went, from its own records: queue wait, steps, the tail after the last
     step, and the worker's timings (model call, PNG encode, store)."""
-    job = service.store.job(job_id)
-    events = service.store.events(job_id)
+    job = service.job_store.job(job_id)
+    events = service.job_store.events(job_id)
     progress = [e["at"] for e in events if e["kind"] == "progress"]
     done = next(e for e in events if e["payload"].get("status") == "succeeded")
     steps = [(b - a).total_seconds() for a, b in zip(progress, progress[1:])]

@@ -86,8 +86,8 @@ def run_backend(name: str, latency_jobs: int, jobs: int, steps: int) -> dict[str
             start = time.perf_counter()
             ids = [service.submit(request).view.id for _ in range(jobs)]
             submit_s = time.perf_counter() - start
-            while service.store.counts()["succeeded"] < latency_jobs + jobs:
-                counts = service.store.counts()
+            while service.job_store.counts()["succeeded"] < latency_jobs + jobs:
+                counts = service.job_store.counts()
                 assert counts["failed"] == 0, counts
                 time.sleep(0.01)
             elapsed = time.perf_counter() - start

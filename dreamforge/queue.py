@@ -2,7 +2,7 @@
 
 Huey does not acknowledge tasks: a worker killed mid-task loses its message. That is fine here,
 because the job store is the truth and a job left running by a dead worker is found there
-(see JobStore.reclaim_stale) and enqueued again.
+(see JobService.reclaim_silent) and enqueued again.
 """
 
 from __future__ import annotations
@@ -17,21 +17,6 @@ from huey.storage import SqliteStorage
 from dreamforge.errors import BackendUnavailable, ConfigError
 
 TASK_NAME = "jobs.generate"
-
-# The worker installs the handler; producers never run the task, they only enqueue it.
-_handler: Callable[[str], Any] | None = None
-
-
-def set_task_handler(handler: Callable[[str], Any] | None) -> None:
-    global _handler
-    _handler = handler
-
-
-def _generate(job_id: str) -> None:
-    if _handler is None:
-        raise RuntimeError("no worker runtime is installed in this process")
-    _handler(job_id)
-
 
 class WalSqliteStorage(SqliteStorage):
     """Huey's SQLite storage with synchronous=NORMAL: in WAL mode that is still safe from
@@ -62,10 +47,24 @@ def make_huey(url: str, name: str = "dreamforge") -> Huey:
 
 
 class JobQueue:
+    """Job ids in, job ids out. Producers only enqueue; a worker runtime installs the handler
+    that its consumer runs for each message (``serve``)."""
+
     def __init__(self, url: str, name: str = "dreamforge"):
         self.url = url
         self.huey = make_huey(url, name)
-        self.generate_task = self.huey.task(name=TASK_NAME)(_generate)
+        self._handler: Callable[[str], Any] | None = None
+
+        def generate(job_id: str) -> None:
+            if self._handler is None:
+                raise RuntimeError("no worker runtime is installed on this queue")
+            self._handler(job_id)
+
+        self.generate_task = self.huey.task(name=TASK_NAME)(generate)
+
+    def serve(self, handler: Callable[[str], Any] | None) -> None:
+        """Run ``handler(job_id)`` for each message this process's consumer takes."""
+        self._handler = handler
 
     def enqueue(self, job_id: str) -> None:
         try:

@@ -18,7 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dreamforge.errors import StorageError
+from dreamforge.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from dreamforge.settings import Settings
@@ -71,7 +71,7 @@ class S3Store:
     def from_settings(cls, settings: "Settings") -> "S3Store":
         bucket = settings.storage_url[len("s3://"):].strip("/").split("/", 1)[0]
         if not bucket:
-            raise ValueError("DF_STORAGE_URL must name a bucket: s3://BUCKET")
+            raise ConfigError("DF_STORAGE_URL must name a bucket: s3://BUCKET")
         secret = settings.s3_secret_access_key
         key_id = settings.s3_access_key_id
         return cls(bucket, endpoint_url=settings.s3_endpoint_url,
@@ -144,6 +144,11 @@ class S3Store:
             return response["Body"].read()
         except (BotoCoreError, OSError) as exc:
             raise StorageError(f"downloading {key} from {self.describe()} broke off: {exc}") from None
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing one is no error (S3's DELETE is idempotent)."""
+        self._with_retries(f"deleting {key}", lambda: self.client.delete_object(
+            Bucket=self.bucket, Key=key))
 
     def head(self, key: str) -> dict[str, Any]:
         return self._with_retries(f"reading {key}", lambda: self.client.head_object(

@@ -72,8 +72,18 @@ class Settings(BaseSettings):
     # How fast an idle consumer polls a queue that cannot block (SQLite).
     poll_interval_s: float = Field(default=0.02, gt=0)
 
+    # Connections each process keeps to PostgreSQL (see README, "Sizing the database"). Pre-ping
+    # costs a round trip per checkout and finds connections a restarted server dropped.
+    db_pool_size: int = Field(default=5, ge=1, le=1000)
+    db_max_overflow: int = Field(default=10, ge=0, le=1000)
+    db_pool_pre_ping: bool = True
+
     @model_validator(mode="after")
     def _fill_urls(self) -> "Settings":
+        if self.heartbeat_interval_s * 2 > self.worker_timeout_s:
+            # One late beat would let another worker reclaim a job that is still running.
+            raise ValueError(f"DF_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s:g}) must be at most "
+                             f"half of DF_WORKER_TIMEOUT_S ({self.worker_timeout_s:g})")
         self.data_dir = self.data_dir.expanduser()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'dreamforge.db'}"

@@ -7,11 +7,12 @@ the key, the content type and the artifact row. ``df artifacts retry`` uploads a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dreamforge.artifact_store import out_of_space, write_atomically
+from dreamforge.errors import StorageError
 
 
 @dataclass
@@ -30,21 +31,21 @@ class Spool:
     def __init__(self, root: Path):
         self.root = root
 
-    def _write(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-
     def keep(self, job_id: str, key: str, data: bytes, content_type: str,
              artifact: dict[str, Any]) -> Path:
+        """Keep the image and its sidecar, both or neither; StorageError when that fails."""
         path = self.root / job_id / Path(key).name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._write(path, data)
+        sidecar = path.with_name(path.name + ".json")
         meta = {"job_id": job_id, "key": key, "content_type": content_type, "artifact": artifact}
-        self._write(path.with_name(path.name + ".json"), json.dumps(meta).encode())
+        try:
+            write_atomically(path, data)
+            write_atomically(sidecar, json.dumps(meta).encode())
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
+            what = "out of disk space" if out_of_space(exc) else (exc.strerror or str(exc))
+            raise StorageError(f"could not keep the image in the spool at {self.root}: {what}",
+                               details={"out_of_space": out_of_space(exc)}) from exc
         return path
 
     def entries(self) -> list[Spooled]:

@@ -93,3 +93,27 @@ class Worker(SQLModel, table=True):
     started_at: datetime = _ts()
     heartbeat_at: datetime = _ts(index=True)
     stopped_at: datetime | None = _ts(default=None)
+
+
+class Upload(SQLModel, table=True):
+    """An object a worker is about to write, recorded (fenced) before the write. A success turns
+    it into an artifact row in the same transaction; a row left behind by a worker that lost its
+    job or died names an object that may exist without a job pointing to it, for the sweep."""
+
+    __tablename__ = "uploads"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=36, ondelete="CASCADE")
+    attempt: int
+    s3_key: str = Field(unique=True, max_length=512)
+    created_at: datetime = _ts(index=True)
+
+
+class Lease(SQLModel, table=True):
+    """A named chore that one process of the fleet does at a time (the orphan and upload sweeps)."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=255)
+    until: datetime = _ts()

@@ -1,8 +1,9 @@
-"""The worker: Huey's consumer around one Executor, plus the heartbeat that keeps jobs honest.
+"""Worker runtimes: Huey's consumer (or a thread) around one Executor, with the heartbeat that
+keeps jobs honest and the reaper that recovers what silent workers left.
 
 Heartbeats serve two ends: ``df generate --wait`` asks whether any worker is alive, and every
-worker's heartbeat loop also reclaims jobs whose holder went silent (a SIGKILLed worker, a lost
-host), putting them back on the queue.
+worker's reaper reclaims jobs whose holder went silent (a SIGKILLed worker, a lost host),
+putting them back on the queue through the job service.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from huey import signals as huey_signals
@@ -20,29 +22,17 @@ from huey.consumer import Consumer
 from huey.consumer import Worker as HueyWorker
 
 from dreamforge.errors import DreamForgeError
-from dreamforge.lifecycle import Executor
-from dreamforge.queue import JobQueue, set_task_handler
+from dreamforge.execution import Executor
 from dreamforge.runners import Runner
-from dreamforge.settings import Settings
-from dreamforge.spool import Spool
-from dreamforge.storage import ArtifactStore
-from dreamforge.store import JobStore
 
 if TYPE_CHECKING:
     from dreamforge.service import JobService
 
-log = logging.getLogger("dreamforge.worker")
+log = logging.getLogger(__name__)
 
 
 def new_worker_id(kind: str = "worker") -> str:
     return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def make_executor(settings: Settings, store: JobStore, queue: JobQueue, storage: ArtifactStore,
-                  runner: Runner, kind: str = "worker") -> Executor:
-    return Executor(store, storage, runner, new_worker_id(kind), Spool(settings.spool_dir),
-                    requeue=queue.enqueue, max_attempts=settings.max_attempts,
-                    store_wait_s=settings.store_wait_s)
 
 
 class QuietHueyWorker(HueyWorker):
@@ -77,109 +67,116 @@ class QuietConsumer(Consumer):
     worker_class = QuietHueyWorker
 
 
-class Heartbeat:
-    """A daemon thread: every interval, tell the store we are alive and reclaim stale jobs.
+class _Every(threading.Thread):
+    """A daemon thread that calls ``tick`` every ``interval`` seconds until stopped; a failing
+    tick is logged and tried again next time."""
+
+    def __init__(self, name: str, interval: float, tick: Callable[[], object]):
+        super().__init__(name=name, daemon=True)
+        self.interval, self.tick = interval, tick
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            try:
+                self.tick()
+            except DreamForgeError as exc:
+                log.warning("%s failed (will retry): %s", self.name, exc.message)
+            except Exception:
+                log.exception("%s failed (will retry)", self.name)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+class WorkerRuntime:
+    """What every worker runtime shares (``df worker``, the CLI's in-process run, ``df serve``'s
+    embedded worker): one worker identity and its executor, the queue handler, and two threads.
+
+    The heartbeat thread only tells the store this worker and its jobs are alive. The reaper
+    thread reclaims jobs whose holder went silent, re-enqueues orphaned queued jobs and removes
+    objects no record confirms. They are apart so that a reaper held up by the store (a lock a
+    frozen worker holds, until the store's lock timeout) never makes this worker look dead.
 
     ``register`` False is for the CLI's in-process run: it keeps its own job's heartbeat but is
     not a worker other CLIs may hand jobs to.
     """
 
-    def __init__(self, settings: Settings, store: JobStore, queue: JobQueue, executor: Executor,
+    def __init__(self, service: "JobService", runner: Runner, kind: str = "worker",
                  register: bool = True):
-        self.settings = settings
-        self.store = store
-        self.queue = queue
-        self.executor = executor
+        settings = service.settings
+        self.service = service
+        self.runner = runner
         self.register = register
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="df-heartbeat", daemon=True)
-        self._next_sweep = time.monotonic() + settings.orphan_sweep_interval_s
+        self.executor = Executor(service, runner, new_worker_id(kind))
+        self.worker_id = self.executor.worker_id
+        self._heartbeat = _Every("df-heartbeat", settings.heartbeat_interval_s, self.beat)
+        self._reaper = _Every("df-reaper", settings.heartbeat_interval_s, self.reap)
+        self._next_sweep = 0.0
 
     def start(self) -> None:
+        self.service.queue.serve(self.executor.execute)
         self.beat()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._heartbeat.start()
+        self._reaper.start()
 
     def beat(self) -> None:
-        active = self.executor.active()
-        if self.register:
-            self.store.worker_heartbeat(self.executor.worker_id, socket.gethostname(), os.getpid(),
-                                        active)
-        else:
-            for job_id in active:
-                self.store.job_heartbeat(job_id, self.executor.worker_id)
-        for job_id, status in self.store.reclaim_stale(self.settings.worker_timeout_s,
-                                                       self.settings.max_attempts):
-            log.warning("[job=%s] its worker went silent: now %s", job_id, status)
-            if status == "queued":
-                self.queue.enqueue(job_id)
+        self.service.worker_heartbeat(self.worker_id, socket.gethostname(), os.getpid(),
+                                      self.executor.held(), register=self.register)
+
+    def reap(self) -> None:
+        self.service.reclaim_silent()
         if time.monotonic() >= self._next_sweep:
-            self._next_sweep = time.monotonic() + self.settings.orphan_sweep_interval_s
-            self.requeue_orphans()
+            self._next_sweep = time.monotonic() + self.service.settings.orphan_sweep_interval_s
+            self.service.requeue_orphans(self.worker_id)
+            self.service.sweep_uploads()
 
-    def requeue_orphans(self) -> list[str]:
-        """Queued jobs whose queue message is gone (taken by a worker that died before claiming,
-        or lost with a queue that kept nothing): ring the bell again. A duplicate is harmless,
-        since only one claim can win."""
-        stale = self.store.queued_before(self.settings.worker_timeout_s)
-        if not stale:
-            return []
-        pending = set(self.queue.pending_job_ids())
-        orphans = [job_id for job_id in stale if job_id not in pending]
-        for job_id in orphans:
-            log.warning("[job=%s] queued without a queue entry: enqueued again", job_id)
-            self.queue.enqueue(job_id)
-        return orphans
+    def hand_back_held(self, reason: str) -> None:
+        for fence in self.executor.held():
+            if self.executor.hand_back(fence.job_id, reason):
+                log.info("[job=%s] handed back to the queue", fence.job_id)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_interval_s):
+    def stop(self) -> None:
+        self._heartbeat.stop()
+        self._reaper.stop()
+        self.service.queue.serve(None)
+        if self.register:
             try:
-                self.beat()
-            except DreamForgeError as exc:
-                log.warning("heartbeat failed (will retry): %s", exc.message)
-            except Exception:
-                log.exception("heartbeat failed (will retry)")
+                self.service.worker_stopped(self.worker_id)
+            except DreamForgeError:
+                pass
+        self.runner.close()
 
 
 def run_worker(service: "JobService", runner: Runner, concurrency: int = 1) -> None:
     """Run until SIGTERM or SIGINT. SIGTERM (what ``docker stop`` sends) drains: no new jobs, the
     current ones finish within DF_SHUTDOWN_GRACE_S, and whatever is still running then is handed
     back to the queue. SIGINT stops at once and hands running jobs back."""
-    settings, store, queue, storage = service.settings, service.store, service.queue, service.storage
-    executor = make_executor(settings, store, queue, storage, runner)
-    heartbeat = Heartbeat(settings, store, queue, executor)
+    settings = service.settings
+    runtime = WorkerRuntime(service, runner)
 
-    @queue.huey.signal(huey_signals.SIGNAL_INTERRUPTED)
+    @service.queue.huey.signal(huey_signals.SIGNAL_INTERRUPTED)
     def _hand_back(_signal: str, task: object, *_: object) -> None:
         job_id = getattr(task, "args", (None,))[0]
-        if job_id and executor.hand_back(job_id, "worker stopped"):
+        if job_id and runtime.executor.hand_back(job_id, "worker stopped"):
             log.info("[job=%s] handed back to the queue", job_id)
 
-    set_task_handler(executor.execute)
     consumer = QuietConsumer(
-        queue.huey, workers=concurrency, worker_type="thread", periodic=False,
+        service.queue.huey, workers=concurrency, worker_type="thread", periodic=False,
         # Constant short polling: Huey's default backs off to 10 s when idle, which is what a
         # user would see as "my job sat queued". Redis pops block, so this only affects SQLite.
         initial_delay=settings.poll_interval_s, backoff=1.0, max_delay=settings.poll_interval_s,
         graceful_signal="TERM", shutdown_timeout=settings.shutdown_grace_s)
-    log.info("worker %s: queue %s, runner %s, concurrency %d", executor.worker_id,
-             queue.describe(), runner.name, concurrency)
+    log.info("worker %s: queue %s, runner %s, concurrency %d", runtime.worker_id,
+             service.queue.describe(), runner.name, concurrency)
     runner.warm()
-    heartbeat.start()
+    runtime.start()
     try:
         consumer.run()
     finally:
-        heartbeat.stop()
-        set_task_handler(None)
-        try:
-            store.worker_stopped(executor.worker_id)
-        except DreamForgeError:
-            pass
-        runner.close()
-        log.info("worker %s stopped", executor.worker_id)
+        runtime.stop()
+        log.info("worker %s stopped", runtime.worker_id)
 
 
 class InlineWorker:
@@ -187,48 +184,42 @@ class InlineWorker:
     one job has ended, exactly as a consumer would (so the queue entries it leaves are none)."""
 
     def __init__(self, service: "JobService", runner: Runner, job_id: str):
-        settings, store, queue, storage = service.settings, service.store, service.queue, service.storage
-        self.settings = settings
-        self.queue = queue
-        self.store = store
-        self.runner = runner
+        self.service = service
         self.job_id = job_id
-        self.executor = make_executor(settings, store, queue, storage, runner, "cli")
-        self.heartbeat = Heartbeat(settings, store, queue, self.executor, register=False)
+        self.runtime = WorkerRuntime(service, runner, "cli", register=False)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="df-inline", daemon=True)
 
     def start(self) -> None:
-        set_task_handler(self.executor.execute)
-        self.heartbeat.start()
+        self.runtime.start()
         self._thread.start()
 
     def join(self) -> None:
         self._thread.join()
-        self.heartbeat.stop()
-        set_task_handler(None)
-        self.runner.close()
+        self.runtime.stop()
 
     def _target_settled(self) -> bool:
-        job = self.store.job(self.job_id)
-        return job["status"] != "queued"
+        return self.service.get(self.job_id).status.value != "queued"
 
     def _loop(self) -> None:
+        huey = self.service.queue.huey
         try:
             while not self._target_settled():
-                task = self.queue.huey.dequeue()
+                task = huey.dequeue()
                 if task is None:
                     # Our message is gone but the job is still queued (a worker took the message
                     # and has not claimed yet, or the entry was lost): run it directly.
-                    self.executor.execute(self.job_id)
+                    self.runtime.executor.execute(self.job_id)
                     continue
-                self.queue.huey.execute(task)
+                huey.execute(task)
         except BaseException as exc:  # raised in the CLI by check(), which it calls while watching
             self.error = exc
 
     def check(self) -> None:
-        """Raise what stopped the in-process run, so the CLI does not watch a job nobody runs."""
+        """Raise what stopped the in-process run, so the CLI does not watch a job nobody runs.
+        The runtime's threads stop first: nothing of this run outlives the command."""
         if self.error is not None:
+            self.runtime.stop()
             raise self.error
 
 
@@ -238,23 +229,19 @@ class EmbeddedWorker:
     server's lifespan starts and drains this one instead."""
 
     def __init__(self, service: "JobService", runner: Runner):
-        settings, store, queue, storage = service.settings, service.store, service.queue, service.storage
+        settings = service.settings
         self.settings = settings
-        self.queue = queue
         self.runner = runner
-        self.executor = make_executor(settings, store, queue, storage, runner)
-        self.heartbeat = Heartbeat(settings, store, queue, self.executor)
-        self.store = store
+        self.runtime = WorkerRuntime(service, runner)
         self._stop = threading.Event()
-        self._huey_worker = QuietHueyWorker(queue.huey, self._stop, settings.poll_interval_s,
+        self._huey_worker = QuietHueyWorker(service.queue.huey, self._stop, settings.poll_interval_s,
                                             settings.poll_interval_s, 1.0)
         self._thread = threading.Thread(target=self._loop, name="df-embedded-worker", daemon=True)
 
     def start(self) -> None:
-        set_task_handler(self.executor.execute)
-        self.heartbeat.start()
+        self.runtime.start()
         self._thread.start()
-        log.info("embedded worker %s started", self.executor.worker_id)
+        log.info("embedded worker %s started", self.runtime.worker_id)
 
     def _loop(self) -> None:
         self.runner.warm()
@@ -265,9 +252,5 @@ class EmbeddedWorker:
         """Take no new job; let the current one finish within the grace period, else hand it back."""
         self._stop.set()
         self._thread.join(timeout=self.settings.shutdown_grace_s)
-        for job_id in self.executor.active():
-            self.executor.hand_back(job_id, "server stopped")
-        self.heartbeat.stop()
-        self.store.worker_stopped(self.executor.worker_id)
-        set_task_handler(None)
-        self.runner.close()
+        self.runtime.hand_back_held("server stopped")
+        self.runtime.stop()

@@ -56,7 +56,7 @@ def test_generate_wait_runs_in_process_and_records_everything(df_env, tmp_path):
     assert art.seed == seed and (art.width, art.height) == (256, 192)
 
     # The file lies at the key under the local store, and -o copied exactly those bytes.
-    stored = Path(df_env["DF_DATA_DIR"]) / "artifacts" / "dreamforge" / art.s3_key
+    stored = Path(df_env["DF_DATA_DIR"]) / "artifacts" / art.s3_key  # the key begins with the bucket
     assert stored.read_bytes() == out.read_bytes()
     assert art.path == str(stored) and art.size_bytes == stored.stat().st_size
     image = Image.open(out)
@@ -81,7 +81,7 @@ def test_worker_process_does_the_work(df_env, start_worker, tmp_path):
     view = json.loads(result.stdout)
     assert view["status"] == "succeeded"
     assert "No live worker" not in result.stderr
-    job = service().store.job(view["id"])
+    job = service().job_store.job(view["id"])
     assert job["worker_id"] is None or job["worker_id"].startswith("worker:")
     assert f"[job={view['id']}" in worker.log()
     assert worker.stop(signal.SIGTERM) == 0

@@ -208,13 +208,13 @@ def test_redis_goes_away_and_comes_back(df_env, own_redis, start_worker, tmp_pat
         before = server.client.post("/v1/jobs", json={"prompt": "before", "width": 64, "height": 64}).json()["id"]
         assert wait_terminal(svc, [before]) == {"succeeded": 1}
         own_redis.stop()
-        rows = sum(svc.store.counts().values())
+        rows = sum(svc.job_store.counts().values())
         refused = server.client.post("/v1/jobs", json={"prompt": "during", "width": 64, "height": 64})
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "service_unavailable"
         assert server.client.get("/readyz").status_code == 503
         cli = run_df(env, "generate", "during", "--width", "64", "--height", "64")
         assert cli.returncode == 1 and "queue unreachable" in cli.stderr and "Traceback" not in cli.stderr
-        assert sum(svc.store.counts().values()) == rows  # no half-written job
+        assert sum(svc.job_store.counts().values()) == rows  # no half-written job
         time.sleep(1)
         own_redis.start()
         after = server.client.post("/v1/jobs", json={"prompt": "after", "width": 64, "height": 64})

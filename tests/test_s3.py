@@ -138,7 +138,7 @@ def test_server_stopped_mid_run_retries_spools_and_recovers(df_env, tmp_path, mo
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         svc = JobService.from_settings(Settings())
-        svc.storage.check()
+        svc.artifact_store.check()
         start_worker(env={**env, "DF_FAKE_STEP_DELAY_S": "0.2"})
         job_id = svc.submit(parse_request({"prompt": "mid-run", "width": 64, "height": 64,
                                            "steps": 10})).view.id
@@ -151,7 +151,7 @@ def test_server_stopped_mid_run_retries_spools_and_recovers(df_env, tmp_path, mo
         assert view.status.value == "failed" and view.error.code == "storage_error"
         assert "after 3 attempt(s)" in view.error.message
         with pytest.raises(StorageError):
-            svc.storage.check()  # what /readyz and `df env inspect` report
+            svc.artifact_store.check()  # what /readyz and `df env inspect` report
 
         server.start()
         retried = cli.invoke(app, ["artifacts", "retry", "--json"])

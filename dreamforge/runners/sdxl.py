@@ -100,6 +100,7 @@ class SDXL:
     def _load_fixed_vae(self, pipe: Any) -> None:
         from diffusers import AutoencoderKL
 
+        assert self.settings.vae_path is not None  # only called when DF_VAE_PATH is set
         path = Path(self.settings.vae_path).expanduser()
         if path.is_dir():
             vae = AutoencoderKL.from_pretrained(path, dtype=self.dtype, local_files_only=True)

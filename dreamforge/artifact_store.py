@@ -1,10 +1,13 @@
 """Artifact stores: where finished images live. A local folder or an S3 bucket, one interface.
 
-Both use the same key layout (``artifact_key``); the local store writes ``<root>/<bucket>/<key>``.
+Both use the same key layout (``artifact_key``). Keys begin with the bucket's name
+(``dreamforge/default/jobs/…``), so the local store writes ``<root>/<key>``; files that an earlier
+version wrote under ``<root>/<bucket>/<key>`` are still read from there.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from datetime import datetime
@@ -34,6 +37,10 @@ class ArtifactStore(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
+    def delete(self, key: str) -> None:
+        """Remove the object if it exists."""
+        ...
+
     def locate(self, key: str) -> dict[str, str]:
         """How a client fetches the object: {"url": …} and, for a local file, {"path": …}."""
         ...
@@ -45,33 +52,56 @@ class ArtifactStore(Protocol):
     def describe(self) -> str: ...
 
 
+def out_of_space(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, fsynced, then renamed. The
+    temporary file never outlives a failure (a full disk included)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class LocalStore:
     def __init__(self, root: Path, bucket: str):
         self.root = root
         self.bucket = bucket
 
     def path(self, key: str) -> Path:
-        path = (self.root / self.bucket / key).resolve()
-        if not path.is_relative_to((self.root / self.bucket).resolve()):
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()) or key.startswith("/"):
             raise StorageError(f"artifact key escapes the store: {key!r}")
+        if not path.exists():
+            legacy = (self.root / self.bucket / key).resolve()
+            if legacy.is_relative_to(self.root.resolve()) and legacy.exists():
+                return legacy
         return path
 
     def put(self, key: str, data: bytes, content_type: str, sha256: str) -> None:
         path = self.path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomically(path, data)
         except OSError as exc:
-            raise StorageError(f"could not write {path}: {exc.strerror or exc}") from exc
+            what = "out of disk space" if out_of_space(exc) else (exc.strerror or str(exc))
+            raise StorageError(f"could not write {path}: {what}",
+                               details={"out_of_space": out_of_space(exc)}) from exc
+
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"could not remove {path}: {exc.strerror or exc}") from exc
 
     def get(self, key: str) -> bytes:
         try:
@@ -84,7 +114,7 @@ class LocalStore:
         return {"url": path.as_uri(), "path": str(path)}
 
     def check(self) -> None:
-        target = self.root / self.bucket
+        target = self.root
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -93,10 +123,10 @@ class LocalStore:
             raise StorageError(f"artifact folder {target} is not writable")
 
     def describe(self) -> str:
-        return f"local folder {self.root / self.bucket}"
+        return f"local folder {self.root}"
 
 
-def make_store(settings: "Settings") -> ArtifactStore:
+def make_artifact_store(settings: "Settings") -> ArtifactStore:
     url = settings.storage_url
     if url.startswith("file://"):
         return LocalStore(Path(url[len("file://"):]).expanduser(), settings.bucket)

@@ -1,0 +1,226 @@
+"""One job's run on a worker: claim, seed, generate, encode, store, record. Every worker runtime
+(``df worker``, the CLI's in-process run, ``df serve``'s embedded worker) ends up here.
+
+This code asks the job service for every move and every write, each fenced by the claim it won;
+it decides no status itself. When a write comes back refused, the job was taken from this worker
+(reclaimed while it was frozen, say): the run stops and touches nothing more, and an object it
+wrote that no record confirms is removed (or left to the upload sweep, if this process dies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+from dreamforge import imaging
+from dreamforge.artifact_store import CONTENT_TYPES, artifact_key
+from dreamforge.errors import BackendUnavailable, DreamForgeError, RunnerError, StorageError
+from dreamforge.moves import Fence, JobFailure
+from dreamforge.runners import Generation, Runner
+from dreamforge.schemas import MAX_SEED, GenerateRequest
+from dreamforge.service import JobService
+from dreamforge.spool import Spool
+from dreamforge.tables import utcnow
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class LostJob(Exception):
+    """This worker no longer holds the job (it was reclaimed after a missed heartbeat)."""
+
+
+class JobLogger(logging.LoggerAdapter):
+    """Prefixes each line with the job and its request id. Both are data from outside: they are
+    escaped for %-formatting, so a ``%`` in a request id can't become a format directive."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        prefix = f"[job={extra.get('job_id')} request_id={extra.get('correlation_id')}] "
+        return prefix.replace("%", "%%") + str(msg), kwargs
+
+
+class Executor:
+    """Runs jobs for one worker identity. Thread-safe: ``held`` lists the claims it holds now."""
+
+    def __init__(self, service: JobService, runner: Runner, worker_id: str):
+        self.service = service
+        self.runner = runner
+        self.worker_id = worker_id
+        self.store_wait_s = service.settings.store_wait_s
+        self.spool = Spool(service.settings.spool_dir)
+        self._held: dict[str, Fence] = {}
+        self._lock = threading.Lock()
+
+    def held(self) -> list[Fence]:
+        with self._lock:
+            return list(self._held.values())
+
+    def hand_back(self, job_id: str, reason: str) -> bool:
+        """Give back a job this worker holds (graceful stop past the grace period)."""
+        with self._lock:
+            fence = self._held.get(job_id)
+        return fence is not None and self.service.hand_back(fence, reason)
+
+    def _patiently(self, what: str, call: Callable[[], T]) -> T:
+        """Retry a job-store call while the store is away (up to DF_STORE_WAIT_S): the message in
+        hand or the finished image is worth waiting for, and nothing else can be done without it."""
+        deadline = time.monotonic() + self.store_wait_s
+        delay = 0.2
+        while True:
+            try:
+                return call()
+            except BackendUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s: %s; retrying in %.1f s", what, exc.message, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def execute(self, job_id: str) -> str | None:
+        """Run the job if this worker wins it; returns the status it ended in, or None when the
+        job was not queued (a duplicate delivery, or a job another worker holds or finished) or
+        was lost to another worker midway."""
+        claim = self._patiently(f"[job={job_id}] claiming",
+                                lambda: self.service.claim(job_id, self.worker_id))
+        if claim is None:
+            log.info("[job=%s] not queued any more: duplicate delivery dropped", job_id)
+            return None
+        jlog = JobLogger(log, {"job_id": job_id, "correlation_id": claim.correlation_id or "-"})
+        jlog.info("started (attempt %d) on %s", claim.fence.attempt, self.worker_id)
+        with self._lock:
+            self._held[job_id] = claim.fence
+        try:
+            return self._run(claim.fence, claim.params, jlog)
+        finally:
+            with self._lock:
+                self._held.pop(job_id, None)
+
+    def _run(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | None:
+        try:
+            return self._generate_and_store(fence, params, jlog)
+        except LostJob:
+            jlog.warning("lost the job to another worker; dropping this run")
+            return None
+        except RunnerError as exc:
+            return self._fail(fence, JobFailure(exc.code, exc.message, exc.details), jlog)
+        except DreamForgeError:
+            raise  # the job store itself is away: the job stays running and is reclaimed later
+        except Exception as exc:
+            jlog.exception("failed with an unexpected error")
+            return self._fail(fence, JobFailure("internal_error", f"{type(exc).__name__}: {exc}"), jlog)
+
+    def _generate_and_store(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | None:
+        service = self.service
+        request = GenerateRequest.model_validate(params)
+        if request.seed is None:
+            # Drawn just before sampling, and recorded before any pixel exists.
+            params = {**params, "seed": secrets.randbelow(MAX_SEED + 1)}
+            if not service.record_seed(fence, params):
+                raise LostJob(fence.job_id)
+            request = GenerateRequest.model_validate(params)
+        generation = Generation(**{k: v for k, v in request.model_dump().items()
+                                   if k in Generation.__dataclass_fields__})
+
+        def on_progress(current: int, total: int) -> None:
+            try:
+                held = service.progress(fence, current, total)
+            except BackendUnavailable as exc:
+                # Progress is best effort: the image is worth more than the bar.
+                jlog.warning("progress not recorded: %s", exc.message)
+                return
+            if not held:
+                raise LostJob(fence.job_id)
+
+        t0 = time.perf_counter()
+        result = self.runner.generate(generation, on_progress)
+        t1 = time.perf_counter()
+        data = imaging.encode(result.image, request.format, {**asdict(generation),
+                                                             "format": request.format,
+                                                             "runner": self.runner.name})
+        digest = hashlib.sha256(data).hexdigest()
+        t2 = time.perf_counter()
+        key = self._begin_upload(fence, result, request.format)
+        artifact = {"item_index": 0, "seed": result.seed, "width": result.image.width,
+                    "height": result.image.height, "format": request.format, "s3_key": key,
+                    "size_bytes": len(data), "sha256": digest}
+        try:
+            service.artifact_store.put(key, data, CONTENT_TYPES[request.format], digest)
+        except StorageError as exc:
+            return self._storage_failed(fence, key, data, artifact, exc, jlog)
+        timings = {"generate_s": round(t1 - t0, 4), "encode_s": round(t2 - t1, 4),
+                   "store_s": round(time.perf_counter() - t2, 4)}
+        if result.model_s is not None:
+            timings["model_s"] = round(result.model_s, 4)
+        if not self._patiently(f"[job={fence.job_id}] recording success",
+                               lambda: service.succeed(fence, artifact, timings)):
+            self._remove_unconfirmed(key, jlog)
+            raise LostJob(fence.job_id)
+        jlog.info("succeeded: %s (%d bytes)", key, len(data))
+        return "succeeded"
+
+    def _begin_upload(self, fence: Fence, result: Any, fmt: str) -> str:
+        """Record the key this attempt is about to write (fenced), before writing it. Keys carry
+        the second they were made in; one an earlier attempt already used is never reused, so
+        sweeping that attempt's leftovers can't remove this one's image."""
+        while True:
+            key = artifact_key(fence.job_id, utcnow(), 0, result.image.width, result.image.height,
+                               result.seed, fmt)
+            began = self._patiently(f"[job={fence.job_id}] recording the upload",
+                                    lambda: self.service.begin_upload(fence, key))
+            if began is False:
+                raise LostJob(fence.job_id)
+            if began:
+                return key
+            time.sleep(1.0 - time.time() % 1.0 + 0.01)
+
+    def _remove_unconfirmed(self, key: str, jlog: JobLogger) -> None:
+        try:
+            self.service.artifact_store.delete(key)
+        except StorageError as exc:
+            jlog.warning("could not remove %s (the upload sweep will): %s", key, exc.message)
+
+    def _storage_failed(self, fence: Fence, key: str, data: bytes, artifact: dict[str, Any],
+                        exc: StorageError, jlog: JobLogger) -> str | None:
+        """The image exists only in this process now: keep it on local disk before failing. The
+        job's record says what happened without naming the server's paths or endpoints; the
+        worker's log has those."""
+        jlog.error("storing %s failed: %s", key, exc.message)
+        try:
+            kept = self.spool.keep(fence.job_id, key, data, CONTENT_TYPES[artifact["format"]],
+                                   artifact)
+        except StorageError as spool_exc:
+            jlog.error("the image is lost: %s", spool_exc.message)
+            full = (exc.details or {}).get("out_of_space") or (spool_exc.details or {}).get("out_of_space")
+            reason = "the artifact store and the worker's spool are out of disk space" if full \
+                else "the artifact store failed, and so did keeping the image on the worker"
+            failure = JobFailure("storage_error",
+                                 f"{reason}; the image was not kept. Its seed is recorded: run "
+                                 "the job again for the same image", {"kept": False})
+        else:
+            jlog.warning("the image is kept at %s (`df artifacts retry` uploads it)", kept)
+            failure = JobFailure("storage_error",
+                                 "the artifact store failed; the image is kept on the worker "
+                                 "and `df artifacts retry` there uploads it", {"kept": True})
+        return self._fail(fence, failure, jlog, unwritten_upload=key)
+
+    def _fail(self, fence: Fence, failure: JobFailure, jlog: JobLogger,
+              unwritten_upload: str | None = None) -> str | None:
+        status = self._patiently(f"[job={fence.job_id}] recording failure",
+                                 lambda: self.service.fail_attempt(
+                                     fence, failure, unwritten_upload=unwritten_upload))
+        if status == "queued":
+            jlog.warning("attempt %d of %d ended with %s; back to the queue", fence.attempt,
+                         self.service.settings.max_attempts, failure.code)
+        elif status == "failed":
+            jlog.error("failed: %s: %s", failure.code, failure.message)
+        else:
+            jlog.warning("lost the job to another worker before recording %s", failure.code)
+        return status

@@ -1,0 +1,477 @@
+"""The job store: the one source of truth about jobs, on SQLite or PostgreSQL.
+
+It carries out the moves that ``moves.py`` describes and answers reads; it decides nothing. Each
+move is one conditional UPDATE (``… WHERE status = 'queued'``, and the holder's worker id and
+attempt where the move names them) in the same transaction as the event that records it, so two
+processes can never both win a move and a worker that lost its job can't write to it.
+
+Every deadline is measured on one clock, the job store's: ``now()`` on PostgreSQL, so workers
+whose clocks drift can't judge each other; on SQLite every process shares one host and so one
+clock. Every wait is bounded: PostgreSQL sessions carry lock, statement and idle-in-transaction
+timeouts and TCP keepalives, and the reaper skips rows another session has locked. On SQLite,
+write transactions start with ``BEGIN IMMEDIATE`` (a deferred BEGIN that later upgrades fails with
+"database is locked" instead of waiting), in WAL mode with a busy timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import SQLModel
+
+from dreamforge.errors import BackendUnavailable, ConfigError, IdempotencyConflict, JobNotFound
+from dreamforge.moves import RUNNING, Fence, Move
+from dreamforge.schemas import JobStatus
+from dreamforge.tables import Artifact, Event, Job, Lease, Step, Upload, Worker, utcnow
+
+jobs, steps, events, artifacts, workers, uploads, leases = (
+    t.__table__ for t in (Job, Step, Event, Artifact, Worker, Upload, Lease)  # type: ignore[union-attr]
+)
+STEP_NAME = "generate"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# One key for every process that creates or upgrades the schema (pg_advisory_xact_lock).
+SCHEMA_LOCK_KEY = 0x0D_F5_C4_E3A
+# PostgreSQL session limits: nothing waits on a lock, a statement or a stalled client forever.
+PG_SESSION = {"lock_timeout": "5s", "statement_timeout": "30s",
+              "idle_in_transaction_session_timeout": "60s"}
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                 "keepalives_count": 3, "connect_timeout": 5}
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; every time in the store is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    return {k: aware(v) if isinstance(v, datetime) else v for k, v in dict(row).items()}
+
+
+def is_job_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+def cut(value: str, limit: int = 80) -> str:
+    """A value from outside, short enough to echo in a message."""
+    return value if len(value) <= limit else value[:limit] + f"… ({len(value)} characters)"
+
+
+def make_engine(url: str, pool_size: int = 5, max_overflow: int = 10,
+                pre_ping: bool = True) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("df_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    if not url.startswith("postgresql"):
+        raise ConfigError(f"unsupported DF_DATABASE_URL scheme: {url.split(':', 1)[0]!r} "
+                          "(use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)")
+    try:
+        engine = sa.create_engine(url, pool_pre_ping=pre_ping, pool_size=pool_size,
+                                  max_overflow=max_overflow, connect_args=PG_KEEPALIVES)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise ConfigError(f"DF_DATABASE_URL can't be used: {exc}") from None
+
+    @sa.event.listens_for(engine, "connect")
+    def _pg_connect(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            for name, value in PG_SESSION.items():
+                cur.execute(f"SET {name} = '{value}'")
+        dbapi_conn.commit()
+
+    return engine
+
+
+@dataclass
+class Stale:
+    """A running job whose holder has gone silent."""
+
+    fence: Fence
+
+
+class JobStore:
+    """Job, step, event, artifact and upload rows; conditional moves; reads."""
+
+    def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10,
+                 pre_ping: bool = True):
+        self.url = url
+        self.engine = make_engine(url, pool_size, max_overflow, pre_ping)
+        self._writer = self.engine.execution_options(df_write=True)
+        self._postgres = self.engine.dialect.name == "postgresql"
+        # SQLite takes one writer at a time. Threads of one process queue on this lock instead of
+        # on SQLite's busy handler, whose sleeps grow to 100 ms and wreck tail latency.
+        self._write_lock: Any = threading.Lock() if not self._postgres else contextlib.nullcontext()
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def create_schema(self) -> None:
+        """Create missing tables. Safe when many processes start at once: on PostgreSQL they
+        queue on an advisory lock; on SQLite, on the write lock of BEGIN IMMEDIATE."""
+        with self.write() as conn:
+            if self._postgres:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            SQLModel.metadata.create_all(conn)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.OperationalError as exc:
+            raise BackendUnavailable(f"job store unreachable: {type(exc.orig).__name__}") from exc
+        except sa.exc.InterfaceError as exc:
+            raise BackendUnavailable("job store unreachable") from exc
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self._write_lock, self._guard(), self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._guard(), self.engine.begin() as conn:
+            yield conn
+
+    def ping(self) -> None:
+        with self.read() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def _now(self) -> Any:
+        """The job store's clock (see the module's docstring)."""
+        return sa.func.now() if self._postgres else utcnow()
+
+    def _ago(self, seconds: float) -> Any:
+        if self._postgres:
+            return sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+        return utcnow() - timedelta(seconds=seconds)
+
+    def _later(self, seconds: float) -> Any:
+        return self._ago(-seconds)
+
+    def _event(self, conn: Connection, job_id: str, kind: str, payload: dict[str, Any]) -> None:
+        conn.execute(events.insert().values(job_id=job_id, at=self._now(), kind=kind,
+                                            payload=payload))
+
+    def _fenced(self, fence: Fence) -> Any:
+        return sa.and_(jobs.c.id == fence.job_id, jobs.c.status == RUNNING.value,
+                       jobs.c.worker_id == fence.worker_id, jobs.c.attempts == fence.attempt)
+
+    # -- creating and withdrawing ----------------------------------------------------------------
+    def create(self, params: dict[str, Any], *, correlation_id: str | None = None,
+               idempotency_key_hash: str | None = None,
+               request_hash: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Insert a queued job with its step and first event. Returns (job, created), the job in
+        the shape ``job()`` returns.
+
+        With an idempotency key already used: the same request hash returns the first job
+        (created False); another hash raises IdempotencyConflict.
+        """
+        job_id = str(uuid.uuid4())
+        job = {"id": job_id, "type": "generate", "status": JobStatus.queued.value,
+               "params": params, "idempotency_key_hash": idempotency_key_hash,
+               "request_hash": request_hash, "correlation_id": correlation_id, "attempts": 0}
+        step = {"job_id": job_id, "name": STEP_NAME, "status": JobStatus.queued.value,
+                "progress_current": 0, "progress_total": params.get("steps", 0),
+                "seed": params.get("seed")}
+        try:
+            with self.write() as conn:
+                now = self._now()
+                created_at = conn.execute(jobs.insert().values(**job, created_at=now, updated_at=now)
+                    .returning(jobs.c.created_at)).scalar_one()
+                conn.execute(steps.insert().values(**step))
+                self._event(conn, job_id, "status", {"status": "queued"})
+        except sa.exc.IntegrityError:
+            if idempotency_key_hash is None:
+                raise
+            return self.job(self._existing_for_key(idempotency_key_hash, request_hash)), False
+        unset = dict.fromkeys(("error_code", "error_message", "error_details", "worker_id",
+                               "heartbeat_at", "started_at", "finished_at"))
+        step_view = {**step, "started_at": None, "finished_at": None}
+        created_at = aware(created_at)
+        return {**job, **unset, "created_at": created_at, "updated_at": created_at,
+                "steps": [step_view], "artifacts": []}, True
+
+    def _existing_for_key(self, key_hash: str, request_hash: str | None) -> str:
+        with self.read() as conn:
+            row = conn.execute(sa.select(jobs.c.id, jobs.c.request_hash)
+                               .where(jobs.c.idempotency_key_hash == key_hash)).one()
+        if row.request_hash != request_hash:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was already used with a different request body",
+                details={"job_id": row.id})
+        return str(row.id)
+
+    def delete_if_queued(self, job_id: str) -> bool:
+        """Delete a job, with its steps and events, only while it is still queued: a worker may
+        hold it already (the queue took the message but its reply was lost)."""
+        with self.write() as conn:
+            gone = conn.execute(jobs.delete().where(jobs.c.id == job_id,
+                                                    jobs.c.status == JobStatus.queued.value,
+                                                    jobs.c.attempts == 0)).rowcount
+            if gone:  # children too, also where the database doesn't cascade (SQLite without FKs)
+                for table in (events, steps):
+                    conn.execute(table.delete().where(table.c.job_id == job_id))
+        return bool(gone)
+
+    # -- moves ----------------------------------------------------------------------------------
+    def apply(self, move: Move) -> dict[str, Any] | None:
+        """Carry out ``move`` if the job is where the move expects it; the job's params, attempts
+        and correlation id after the move, or None when it did not happen."""
+        now = self._now()
+        where = [jobs.c.id == move.job_id, jobs.c.status == move.source.value]
+        if move.fence is not None:
+            where.append(self._fenced(move.fence))
+        if move.silent_for_s is not None:
+            where.append(jobs.c.heartbeat_at < self._ago(move.silent_for_s))
+            if self._postgres:
+                # The reaper never waits on a row a live (or frozen) session holds: next time.
+                where.append(jobs.c.id.in_(sa.select(jobs.c.id).where(jobs.c.id == move.job_id)
+                                           .with_for_update(skip_locked=True)))
+        if move.from_error_code is not None:
+            where.append(jobs.c.error_code == move.from_error_code)
+        target = move.target
+        values: dict[str, Any] = {"status": target.value, "updated_at": now}
+        step_values: dict[str, Any] = {"status": target.value}
+        if target is RUNNING:
+            values.update(worker_id=move.claimant, heartbeat_at=now, attempts=jobs.c.attempts + 1,
+                          started_at=sa.func.coalesce(jobs.c.started_at, now))
+            step_values.update(progress_current=0, started_at=now, finished_at=None)
+        elif target is JobStatus.queued:
+            values.update(worker_id=None, heartbeat_at=None)
+            step_values.update(progress_current=0)
+        else:
+            values.update(finished_at=now, heartbeat_at=None, error_code=None, error_message=None,
+                          error_details=None)
+            step_values.update(finished_at=now)
+            if move.failure is not None:
+                values.update(error_code=move.failure.code, error_message=move.failure.message,
+                              error_details=move.failure.details)
+            else:
+                step_values.update(progress_current=steps.c.progress_total)
+        with self.write() as conn:
+            row = conn.execute(jobs.update().where(*where).values(**values).returning(
+                jobs.c.params, jobs.c.attempts, jobs.c.correlation_id, jobs.c.worker_id)
+            ).mappings().one_or_none()
+            if row is None:
+                return None
+            conn.execute(steps.update().where(steps.c.job_id == move.job_id).values(**step_values))
+            if move.settles_upload is not None:
+                conn.execute(uploads.delete().where(uploads.c.s3_key == move.settles_upload,
+                                                    uploads.c.job_id == move.job_id))
+            if move.artifact is not None:
+                step_id = sa.select(steps.c.id).where(steps.c.job_id == move.job_id) \
+                    .scalar_subquery()
+                conn.execute(artifacts.insert().values(job_id=move.job_id, step_id=step_id,
+                                                       created_at=now, **move.artifact))
+            payload: dict[str, Any] = {"status": target.value}
+            if target is RUNNING:
+                payload.update(worker_id=move.claimant, attempt=row["attempts"])
+            if move.failure is not None:
+                self._event(conn, move.job_id, "error", {"code": move.failure.code,
+                                                         "message": move.failure.message})
+                payload["code"] = move.failure.code
+            self._event(conn, move.job_id, "status", {**payload, **move.note})
+        return dict(row)
+
+    # -- fenced writes of the holder ------------------------------------------------------------
+    def record_seed(self, fence: Fence, params: dict[str, Any]) -> bool:
+        with self.write() as conn:
+            if not conn.execute(jobs.update().where(self._fenced(fence))
+                                .values(params=params, updated_at=self._now())).rowcount:
+                return False
+            conn.execute(steps.update().where(steps.c.job_id == fence.job_id)
+                         .values(seed=params["seed"]))
+            self._event(conn, fence.job_id, "log", {"message": "seed chosen", "seed": params["seed"]})
+        return True
+
+    def progress(self, fence: Fence, current: int, total: int) -> bool:
+        """Record one step of progress; False when the holder no longer holds the job."""
+        with self.write() as conn:
+            if self._postgres:
+                # A progress row is worth no fsync: losing the last few on a crash is harmless,
+                # and a 30-step job would otherwise wait on 30 WAL flushes.
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            if not conn.execute(jobs.update().where(self._fenced(fence))
+                                .values(heartbeat_at=self._now())).rowcount:
+                return False
+            conn.execute(steps.update().where(steps.c.job_id == fence.job_id)
+                         .values(progress_current=current, progress_total=total))
+            self._event(conn, fence.job_id, "progress", {"current": current, "total": total})
+        return True
+
+    def begin_upload(self, fence: Fence, key: str) -> bool | None:
+        """Record, before the object is written, that the holder is about to write ``key``.
+        False: the holder lost the job. None: the key is taken (by an earlier attempt)."""
+        with self.write() as conn:
+            if not conn.execute(jobs.update().where(self._fenced(fence))
+                                .values(heartbeat_at=self._now())).rowcount:
+                return False
+            taken = conn.execute(sa.select(sa.literal(1)).where(sa.or_(
+                sa.exists().where(uploads.c.s3_key == key),
+                sa.exists().where(artifacts.c.s3_key == key)))).first()
+            if taken:
+                return None
+            conn.execute(uploads.insert().values(job_id=fence.job_id, attempt=fence.attempt,
+                                                 s3_key=key, created_at=self._now()))
+        return True
+
+    def unsettled_uploads(self, older_than_s: float, limit: int = 100) -> list[dict[str, Any]]:
+        """Uploads whose attempt no longer holds its job: the worker lost the job or died before
+        settling them, so the object may exist with no row pointing to it."""
+        held = sa.exists().where(jobs.c.id == uploads.c.job_id,
+                                 jobs.c.status == RUNNING.value,
+                                 jobs.c.attempts == uploads.c.attempt)
+        with self.read() as conn:
+            rows = conn.execute(sa.select(uploads.c.id, uploads.c.job_id, uploads.c.s3_key,
+                                          sa.exists().where(artifacts.c.s3_key == uploads.c.s3_key)
+                                          .label("recorded"))
+                                .where(~held, uploads.c.created_at < self._ago(older_than_s))
+                                .order_by(uploads.c.id).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def forget_upload(self, upload_id: int) -> None:
+        with self.write() as conn:
+            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+
+    # -- liveness -------------------------------------------------------------------------------
+    def worker_heartbeat(self, worker_id: str, hostname: str, pid: int, held: list[Fence],
+                         register: bool = True) -> None:
+        now = self._now()
+        with self.write() as conn:
+            if register:
+                updated = conn.execute(workers.update().where(workers.c.id == worker_id)
+                                       .values(heartbeat_at=now, stopped_at=None)).rowcount
+                if not updated:
+                    conn.execute(workers.insert().values(id=worker_id, hostname=hostname, pid=pid,
+                                                         started_at=now, heartbeat_at=now))
+            if held:
+                pairs = [(f.job_id, f.attempt) for f in held]
+                conn.execute(jobs.update().where(sa.tuple_(jobs.c.id, jobs.c.attempts).in_(pairs),
+                                                 jobs.c.worker_id == worker_id,
+                                                 jobs.c.status == RUNNING.value)
+                             .values(heartbeat_at=now))
+
+    def worker_stopped(self, worker_id: str) -> None:
+        with self.write() as conn:
+            conn.execute(workers.update().where(workers.c.id == worker_id)
+                         .values(stopped_at=self._now()))
+
+    def live_workers(self, timeout_s: float) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            rows = conn.execute(sa.select(workers).where(workers.c.heartbeat_at >= self._ago(timeout_s),
+                                                         workers.c.stopped_at.is_(None))
+                                .order_by(workers.c.started_at)).mappings().all()
+        return [_plain(r) for r in rows]
+
+    def silent_holders(self, timeout_s: float, limit: int = 100) -> list[Fence]:
+        """Running jobs whose holder has not beaten for ``timeout_s``, on the store's clock."""
+        with self.read() as conn:
+            rows = conn.execute(sa.select(jobs.c.id, jobs.c.worker_id, jobs.c.attempts).where(
+                jobs.c.status == RUNNING.value, jobs.c.heartbeat_at < self._ago(timeout_s))
+                .order_by(jobs.c.heartbeat_at).limit(limit)).all()
+        return [Fence(r.id, r.worker_id, r.attempts) for r in rows]
+
+    def queued_before(self, age_s: float, limit: int = 1000) -> list[str]:
+        with self.read() as conn:
+            return list(conn.execute(sa.select(jobs.c.id).where(
+                jobs.c.status == JobStatus.queued.value, jobs.c.updated_at < self._ago(age_s))
+                .order_by(jobs.c.updated_at).limit(limit)).scalars())
+
+    def take_lease(self, name: str, holder: str, for_s: float) -> bool:
+        """Hold the chore ``name`` for ``for_s`` seconds if nobody else holds it now."""
+        with self.write() as conn:
+            if conn.execute(leases.update().where(leases.c.name == name,
+                                                  sa.or_(leases.c.until < self._now(),
+                                                         leases.c.holder == holder))
+                            .values(holder=holder, until=self._later(for_s))).rowcount:
+                return True
+            try:
+                with conn.begin_nested():
+                    conn.execute(leases.insert().values(name=name, holder=holder,
+                                                        until=self._later(for_s)))
+            except sa.exc.IntegrityError:
+                return False
+        return True
+
+    # -- reading --------------------------------------------------------------------------------
+    def job(self, job_id: str) -> dict[str, Any]:
+        """The job with its steps and artifacts, as plain dicts."""
+        if not is_job_id(job_id):
+            raise JobNotFound(f"no job with id {cut(job_id)!r}")
+        with self.read() as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().one_or_none()
+            if row is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            return self._assemble(conn, [row])[0]
+
+    def list_jobs(self, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        query = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+        if status:
+            query = query.where(jobs.c.status == status)
+        with self.read() as conn:
+            return self._assemble(conn, conn.execute(query).mappings().all())
+
+    def _assemble(self, conn: Connection, rows: Any) -> list[dict[str, Any]]:
+        """Jobs with their steps and artifacts: two queries, then grouped by job id (linear)."""
+        ids = [r["id"] for r in rows]
+        by_job: dict[str, dict[str, list[dict[str, Any]]]] = {
+            i: {"steps": [], "artifacts": []} for i in ids}
+        if ids:
+            for s in conn.execute(sa.select(steps).where(steps.c.job_id.in_(ids))
+                                  .order_by(steps.c.id)).mappings():
+                by_job[s["job_id"]]["steps"].append(_plain(s))
+            for a in conn.execute(sa.select(artifacts).where(artifacts.c.job_id.in_(ids))
+                                  .order_by(artifacts.c.item_index)).mappings():
+                by_job[a["job_id"]]["artifacts"].append(dict(a))
+        return [{**_plain(r), **by_job[r["id"]]} for r in rows]
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            rows = conn.execute(sa.select(events).where(events.c.job_id == job_id)
+                                .order_by(events.c.id)).mappings().all()
+        return [_plain(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self.read() as conn:
+            rows = conn.execute(sa.select(jobs.c.status, sa.func.count())
+                                .group_by(jobs.c.status)).all()
+        found = {status: n for status, n in rows}
+        return {s.value: found.get(s.value, 0) for s in JobStatus}
+
+    def artifact_keys(self) -> set[str]:
+        """Every artifact key on record (for audits: objects without a row are strays)."""
+        with self.read() as conn:
+            return set(conn.execute(sa.select(artifacts.c.s3_key)).scalars())
