@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from queue_overhead import backend_env, percentile  # noqa: E402
+from queue_overhead import backend_env, percentile
 
 BODY = {"type": "generate", "prompt": "an old-growth forest at dawn", "width": 64, "height": 64,
         "steps": 1, "format": "png"}

@@ -16,6 +16,7 @@ Prints a short table last.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -27,9 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def build_random_sdxl(config_dir: Path, device: str, dtype):  # noqa: ANN001
+def build_random_sdxl(config_dir: Path, device: str, dtype):
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from dreamforge.runners.model_config import use_open_clip_padding
@@ -62,14 +68,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_bare(pipe, device: str, width: int, height: int, steps: int, repeats: int) -> dict[str, float]:  # noqa: ANN001
+def time_bare(pipe, device: str, width: int, height: int, steps: int, repeats: int) -> dict[str, float]:
     import numpy as np
     import torch
 
     def once() -> tuple[float, list[float]]:
         stamps: list[float] = []
 
-        def on_step(_p, _i, _t, kwargs):  # noqa: ANN001
+        def on_step(_p, _i, _t, kwargs):
             sync(device)
             stamps.append(time.perf_counter())
             return kwargs
@@ -85,7 +91,7 @@ def time_bare(pipe, device: str, width: int, height: int, steps: int, repeats: i
         elapsed = time.perf_counter() - t0
         assert np.isfinite(out.images).all(), "non-finite output from the random model"
         assert image.size == (width, height)
-        return elapsed, [b - a for a, b in zip(stamps, stamps[1:])]
+        return elapsed, [b - a for a, b in itertools.pairwise(stamps)]
 
     once()  # warm-up
     runs = [once() for _ in range(repeats)]
@@ -93,7 +99,7 @@ def time_bare(pipe, device: str, width: int, height: int, steps: int, repeats: i
             "ms_per_step": 1000 * statistics.median(d for r in runs for d in r[1])}
 
 
-def time_dreamforge(service, sizes: list[tuple[int, int, int]], repeats: int) -> dict[tuple, float]:  # noqa: ANN001
+def time_dreamforge(service, sizes: list[tuple[int, int, int]], repeats: int) -> dict[tuple, float]:
     from dreamforge.schemas import parse_request
 
     results = {}
@@ -118,14 +124,14 @@ def time_dreamforge(service, sizes: list[tuple[int, int, int]], repeats: int) ->
     return results
 
 
-def _phases(service, job_id: str) -> dict[str, float]:  # noqa: ANN001
+def _phases(service, job_id: str) -> dict[str, float]:
     """Where a job's time went, from its own records: queue wait, steps, the tail after the last
     step, and the worker's timings (model call, PNG encode, store)."""
     job = service.job_store.job(job_id)
     events = service.job_store.events(job_id)
     progress = [e["at"] for e in events if e["kind"] == "progress"]
     done = next(e for e in events if e["payload"].get("status") == "succeeded")
-    steps = [(b - a).total_seconds() for a, b in zip(progress, progress[1:])]
+    steps = [(b - a).total_seconds() for a, b in itertools.pairwise(progress)]
     return {"queue_s": (job["started_at"] - job["created_at"]).total_seconds(),
             "to_first_step_s": (progress[0] - job["started_at"]).total_seconds(),
             "step_s": statistics.median(steps) if steps else 0.0,
@@ -133,7 +139,7 @@ def _phases(service, job_id: str) -> dict[str, float]:  # noqa: ANN001
             **done["payload"].get("timings", {})}
 
 
-def start_worker(settings, service):  # noqa: ANN001
+def start_worker(settings, service):
     from dreamforge.runners.child import ChildRunner
     from dreamforge.worker import EmbeddedWorker
 
@@ -234,7 +240,7 @@ def main() -> None:
 
 
 def print_table(card, torch_version, diffusers_version, dtype_name, repeats, total_s, sizes, bare, ours,
-                compiled) -> None:  # noqa: ANN001
+                compiled) -> None:
     print()
     print(f"{card} · torch {torch_version} · diffusers {diffusers_version} · {dtype_name} · "
           f"median of {repeats} after a warm-up · whole run so far {total_s:.0f} s")

@@ -30,7 +30,7 @@ REDIS = os.environ.get("DF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def backend_env(name: str, data_dir: Path) -> tuple[dict[str, str], callable]:

@@ -126,7 +126,7 @@ class LocalStore:
         return f"local folder {self.root}"
 
 
-def make_artifact_store(settings: "Settings") -> ArtifactStore:
+def make_artifact_store(settings: Settings) -> ArtifactStore:
     url = settings.storage_url
     if url.startswith("file://"):
         return LocalStore(Path(url[len("file://"):]).expanduser(), settings.bucket)

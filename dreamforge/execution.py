@@ -9,6 +9,7 @@ wrote that no record confirms is removed (or left to the upload sweep, if this p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
@@ -174,7 +175,7 @@ class Executor:
             key = artifact_key(fence.job_id, utcnow(), 0, result.image.width, result.image.height,
                                result.seed, fmt)
             began = self._patiently(f"[job={fence.job_id}] recording the upload",
-                                    lambda: self.service.begin_upload(fence, key))
+                                    functools.partial(self.service.begin_upload, fence, key))
             if began is False:
                 raise LostJob(fence.job_id)
             if began:

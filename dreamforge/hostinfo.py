@@ -191,8 +191,8 @@ def environment() -> dict[str, str]:
 
 def artifact_store() -> dict[str, Any]:
     from dreamforge.errors import StorageError
-    from dreamforge.storage import make_store
     from dreamforge.settings import Settings
+    from dreamforge.storage import make_store
 
     try:
         store = make_store(Settings())

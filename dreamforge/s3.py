@@ -68,7 +68,7 @@ class S3Store:
         self._bucket_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "S3Store":
+    def from_settings(cls, settings: Settings) -> S3Store:
         bucket = settings.storage_url[len("s3://"):].strip("/").split("/", 1)[0]
         if not bucket:
             raise ConfigError("DF_STORAGE_URL must name a bucket: s3://BUCKET")

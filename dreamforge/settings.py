@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     db_pool_pre_ping: bool = True
 
     @model_validator(mode="after")
-    def _fill_urls(self) -> "Settings":
+    def _fill_urls(self) -> Settings:
         if self.heartbeat_interval_s * 2 > self.worker_timeout_s:
             # One late beat would let another worker reclaim a job that is still running.
             raise ValueError(f"DF_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s:g}) must be at most "

@@ -103,7 +103,7 @@ class WorkerRuntime:
     not a worker other CLIs may hand jobs to.
     """
 
-    def __init__(self, service: "JobService", runner: Runner, kind: str = "worker",
+    def __init__(self, service: JobService, runner: Runner, kind: str = "worker",
                  register: bool = True):
         settings = service.settings
         self.service = service
@@ -149,7 +149,7 @@ class WorkerRuntime:
         self.runner.close()
 
 
-def run_worker(service: "JobService", runner: Runner, concurrency: int = 1) -> None:
+def run_worker(service: JobService, runner: Runner, concurrency: int = 1) -> None:
     """Run until SIGTERM or SIGINT. SIGTERM (what ``docker stop`` sends) drains: no new jobs, the
     current ones finish within DF_SHUTDOWN_GRACE_S, and whatever is still running then is handed
     back to the queue. SIGINT stops at once and hands running jobs back."""
@@ -183,7 +183,7 @@ class InlineWorker:
     """The CLI's stand-in when no worker is alive: a thread that works through the queue until
     one job has ended, exactly as a consumer would (so the queue entries it leaves are none)."""
 
-    def __init__(self, service: "JobService", runner: Runner, job_id: str):
+    def __init__(self, service: JobService, runner: Runner, job_id: str):
         self.service = service
         self.job_id = job_id
         self.runtime = WorkerRuntime(service, runner, "cli", register=False)
@@ -228,7 +228,7 @@ class EmbeddedWorker:
     Consumer installs signal handlers and so wants the main thread, which uvicorn owns; the
     server's lifespan starts and drains this one instead."""
 
-    def __init__(self, service: "JobService", runner: Runner):
+    def __init__(self, service: JobService, runner: Runner):
         settings = service.settings
         self.settings = settings
         self.runner = runner

@@ -3,6 +3,7 @@ restart them (the shared ones on 6379/5432 must never be touched)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -98,8 +99,6 @@ class PostgresServer:
         _wait_port(self.port, up=False)
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # already stopped, or never started
             self.stop()
-        except Exception:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)

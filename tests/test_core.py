@@ -63,7 +63,7 @@ def test_generate_wait_runs_in_process_and_records_everything(df_env, tmp_path):
     assert image.size == (256, 192) and image.format == "PNG"
     meta = read_parameters(out.read_bytes())
     assert meta["prompt"] == "an old-growth forest at dawn" and meta["seed"] == seed
-    assert "Seed: %d" % seed in image.info["parameters"]
+    assert f"Seed: {seed}" in image.info["parameters"]
 
     kinds = [(e["kind"], e["payload"].get("status")) for e in svc.events(view.id)]
     assert kinds[0] == ("status", "queued") and ("status", "running") in kinds
@@ -161,7 +161,7 @@ def test_format_size_and_determinism(df_env, tmp_path, fmt, pil_format, ext):
                      "--seed", str(seed), "--format", fmt, "-o", str(out))
         assert r.exit_code == 0, r.output
         outputs.append(out.read_bytes())
-    a, b, c = outputs
+    a, b, _ = outputs
     assert Image.open(io.BytesIO(a)).format == pil_format
     assert Image.open(io.BytesIO(a)).size == (128, 64)
     assert read_parameters(a)["seed"] == 7

@@ -10,7 +10,6 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from dreamforge.schemas import parse_request
 from dreamforge.service import JobService
 from dreamforge.settings import Settings
-from tests.conftest import IN_CI, WorkerProcess, need_service, run_df
+from tests.conftest import need_service, run_df
 from tests.servers import PostgresServer, RedisServer
 from tests.test_api import Server
 

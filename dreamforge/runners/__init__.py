@@ -31,7 +31,7 @@ class Generation:
 
 @dataclass
 class GeneratedImage:
-    image: "Image.Image"
+    image: Image.Image
     seed: int
     # Seconds the model itself took (the pipeline call), as the runner measured it.
     model_s: float | None = None
@@ -52,7 +52,7 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-def make_runner(settings: "Settings") -> Runner:
+def make_runner(settings: Settings) -> Runner:
     if settings.fake_runner:
         from dreamforge.runners.fake import FakeRunner
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dreamforge.runner")
 
 
-def model_not_found(settings: "Settings") -> RunnerError | None:
+def model_not_found(settings: Settings) -> RunnerError | None:
     path, chosen_by = settings.model_path()
     if path.exists():
         return None
@@ -38,7 +38,7 @@ def model_not_found(settings: "Settings") -> RunnerError | None:
 class ChildRunner:
     name = "sdxl"
 
-    def __init__(self, settings: "Settings"):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: Any = None

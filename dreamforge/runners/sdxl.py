@@ -7,8 +7,9 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dreamforge.errors import RunnerError
 from dreamforge.runners import GeneratedImage, Generation
@@ -68,7 +69,6 @@ class SDXL:
         return self.settings.model_config_dir or sdxl_config_dir(self.settings.data_dir / "model-config")
 
     def load(self) -> None:
-        import torch
         from diffusers import StableDiffusionXLPipeline
 
         try:
@@ -80,7 +80,7 @@ class SDXL:
                     str(self.path), config=str(self.config_dir()), local_files_only=True, dtype=self.dtype)
                 if self.settings.model_config_dir is None:  # our shipped tokenizers
                     use_open_clip_padding(pipe.tokenizer_2)
-        except (OSError, ValueError, KeyError, RuntimeError, EnvironmentError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise RunnerError(
                 f"could not load the SDXL checkpoint at {self.path} (chosen by {self.chosen_by}): "
                 f"{type(exc).__name__}: {str(exc)[:500]}", code="model_invalid",
