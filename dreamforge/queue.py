@@ -7,6 +7,7 @@ because the job store is the truth and a job left running by a dead worker is fo
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ class WalSqliteStorage(SqliteStorage):
     """Huey's SQLite storage with synchronous=NORMAL: in WAL mode that is still safe from
     corruption, and it spares an fsync on every enqueue (SQLite's default, FULL, does one)."""
 
-    def _create_connection(self):  # type: ignore[no-untyped-def]
+    def _create_connection(self) -> sqlite3.Connection:
         conn = super()._create_connection()
         conn.execute("pragma synchronous=NORMAL")
         return conn
