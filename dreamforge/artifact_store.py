@@ -56,11 +56,16 @@ def out_of_space(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def partial_prefix(path: Path) -> str:
+    return f".partial-{path.name}-"
+
+
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all: a temporary file beside it, fsynced, then renamed. The
-    temporary file never outlives a failure (a full disk included)."""
+    """Write ``path`` whole or not at all: a temporary file beside it (named after it, so what a
+    killed writer leaves can be found), fsynced, then renamed. The temporary file never outlives
+    a failure that this process survives (a full disk included)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=partial_prefix(path))
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -97,9 +102,12 @@ class LocalStore:
                                details={"out_of_space": out_of_space(exc)}) from exc
 
     def delete(self, key: str) -> None:
+        """Remove the file and any temporary file a killed writer left for it."""
         path = self.path(key)
         try:
             path.unlink(missing_ok=True)
+            for partial in path.parent.glob(partial_prefix(path) + "*"):
+                partial.unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"could not remove {path}: {exc.strerror or exc}") from exc
 

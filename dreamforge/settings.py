@@ -39,6 +39,8 @@ class Settings(BaseSettings):
 
     fake_runner: bool = False
     fake_step_delay_s: float = Field(default=0.02, ge=0)
+    # The fake runner fails on demand, as the SDXL child can (see runners/fake.py).
+    fake_failure: Literal["", "crash-once", "crash", "hang"] = ""
     generate_model_path: str | None = None
     models_root: str | None = None
     default_model_dir: str | None = None

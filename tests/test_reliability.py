@@ -18,6 +18,7 @@ from dreamforge.schemas import parse_request
 from dreamforge.service import JobService
 from dreamforge.settings import Settings
 from tests.conftest import need_service, run_df
+from tests.polling import runs_of, wait_status, wait_terminal
 from tests.servers import PostgresServer, RedisServer
 from tests.test_api import Server
 
@@ -31,28 +32,6 @@ def request(prompt: str = "r", steps: int = 2) -> object:
 
 def service() -> JobService:
     return JobService.from_settings(Settings())
-
-
-def wait_terminal(svc: JobService, ids: list[str], timeout: float = 90) -> Counter:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        statuses = Counter(svc.get(i).status.value for i in ids)
-        if statuses["queued"] == statuses["running"] == 0:
-            return statuses
-        time.sleep(0.05)
-    return Counter(svc.get(i).status.value for i in ids)
-
-
-def wait_status(svc: JobService, job_id: str, status: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while svc.get(job_id).status.value != status:
-        assert time.monotonic() < deadline, f"{job_id} never became {status}: {svc.get(job_id).status}"
-        time.sleep(0.01)
-
-
-def runs_of(svc: JobService, job_id: str) -> list[str]:
-    return [e["payload"]["worker_id"] for e in svc.events(job_id)
-            if e["kind"] == "status" and e["payload"].get("status") == "running"]
 
 
 def test_sigkilled_worker_job_is_reclaimed_and_finished(df_env, start_worker, fault_report):

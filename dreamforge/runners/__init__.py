@@ -56,7 +56,8 @@ def make_runner(settings: Settings) -> Runner:
     if settings.fake_runner:
         from dreamforge.runners.fake import FakeRunner
 
-        return FakeRunner(step_delay_s=settings.fake_step_delay_s)
+        return FakeRunner(step_delay_s=settings.fake_step_delay_s, failure=settings.fake_failure,
+                          hang_timeout_s=settings.step_timeout_s)
     from dreamforge.runners.child import ChildRunner
 
     return ChildRunner(settings)
