@@ -61,8 +61,9 @@ def faketime_env(offset: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("df_env", ["postgres_redis"], indirect=True)
 def test_skewed_clocks_neither_steal_nor_lose_jobs(df_env, start_worker, fault_report):
-    """Workers a minute ahead of and behind PostgreSQL's clock work side by side: no job fails worker_lost, none runs twice, and a real crash of a skewed worker
-    is noticed within the worker timeout. (SQLite: one host, one clock; nothing to skew.)"""
+    """Workers a minute ahead of and behind PostgreSQL's clock work side by side: no job fails
+    worker_lost, none runs twice, and a real crash of a skewed worker is noticed within the worker
+    timeout. (SQLite: one host, one clock; nothing to skew.)"""
     env = {**FAST, "DF_FAKE_STEP_DELAY_S": "0.05"}
     ahead = start_worker(env={**env, **faketime_env("+60s")})
     behind = start_worker(env={**env, **faketime_env("-60s")})
