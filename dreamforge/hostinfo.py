@@ -7,6 +7,7 @@ import grp
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -60,9 +61,27 @@ def in_container() -> dict[str, Any]:
     return {"inside": bool(markers or hints), "evidence": markers + hints}
 
 
+_VERSION = re.compile(r"v?(\d+\.\d+(?:\.\d+)?[\w.+-]*)")
+
+
+def compose_version() -> dict[str, Any]:
+    """Compose v2 answers `docker compose version --short`; early v2 releases refuse `--short`
+    ("unknown flag"), so the long form is parsed; the standalone v1 `docker-compose` comes last."""
+    first: dict[str, Any] | None = None
+    for args in (("docker", "compose", "version", "--short"), ("docker", "compose", "version"),
+                 ("docker-compose", "version", "--short"), ("docker-compose", "version")):
+        result = run(*args)
+        found = _VERSION.search(result["stdout"]) if result["ok"] else None
+        if found:
+            return {"ok": True, "stdout": found.group(1)}
+        if first is None:
+            first = result if not result["ok"] else {"ok": False, "error": "no version in its output"}
+    return first or {"ok": False, "error": "not found"}
+
+
 def docker() -> dict[str, Any]:
     engine = run("docker", "version", "--format", "{{.Server.Version}}")
-    compose = run("docker", "compose", "version", "--short")
+    compose = compose_version()
     runtimes = run("docker", "info", "--format", "{{json .Runtimes}}")
     out: dict[str, Any] = {
         "engine": engine.get("stdout") if engine["ok"] else None,
@@ -191,8 +210,8 @@ def environment() -> dict[str, str]:
 
 def artifact_store() -> dict[str, Any]:
     from dreamforge.errors import StorageError
-    from dreamforge.storage import make_store
     from dreamforge.settings import Settings
+    from dreamforge.storage import make_store
 
     try:
         store = make_store(Settings())
