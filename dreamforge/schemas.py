@@ -63,11 +63,15 @@ class GenerateRequest(BaseModel):
             raise ValueError("prompt must not be blank")
         return value
 
-    @field_validator("count", mode="before")
+    @field_validator("width", "height", "steps", "seed", "count", mode="before")
     @classmethod
-    def _count_not_bool(cls, value: Any) -> Any:
-        if isinstance(value, bool):  # True == 1 in Python, not in JSON
-            raise ValueError("count must be 1 in v1")
+    def _integral(cls, value: Any) -> Any:
+        """JSON Schema's integer is a number without a fraction, so 64.0 is 64 (a generated client
+        may send it); a bool is not a number, and True == 1 only in Python."""
+        if isinstance(value, bool):
+            raise ValueError("input should be an integer, not a boolean")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         return value
 
     @field_validator("negative_prompt")
