@@ -56,6 +56,6 @@ def retry(
         console.print("nothing spooled")
     for r in results if not as_json else []:
         state = "uploaded" if r["uploaded"] else f"still failing: {r['error']}"
-        console.print(line(r["job_id"], r["key"], state))
+        line(r["job_id"], r["key"], state)
     if any(not r["uploaded"] for r in results):
         raise typer.Exit(EXIT_FAILED)

@@ -40,9 +40,10 @@ def cell(value: Any, limit: int | None = None, style: str = "") -> Text:
     return Text("-" if value is None else inert(value, limit), style=style)
 
 
-def line(*fields: Any) -> Text:
-    """Tab-separated fields; a field can't add a tab or a line of its own."""
-    return Text("\t".join(inert(f) for f in fields))
+def line(*fields: Any) -> None:
+    """One tab-separated line on stdout (written as is: rich would expand the tabs); a field
+    can't add a tab or a line of its own."""
+    common.console.file.write("\t".join(inert(f) for f in fields) + "\n")
 
 
 def _step_progress(view: JobView) -> tuple[int, int]:
@@ -118,9 +119,9 @@ def job_table(views: list[JobView]) -> None:
     if not console.is_terminal:
         for v in views:
             current, total = _step_progress(v)
-            console.print(line(v.id, v.status.value, v.created_at.isoformat(),
-                               f"{v.params['width']}x{v.params['height']}", f"{current}/{total}",
-                               inert(v.params["prompt"], 60)))
+            line(v.id, v.status.value, v.created_at.isoformat(),
+                 f"{v.params['width']}x{v.params['height']}", f"{current}/{total}",
+                 inert(v.params["prompt"], 60))
         return
     table = Table("id", "status", "created", "size", "steps", "prompt")
     for v in views:
