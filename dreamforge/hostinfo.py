@@ -31,7 +31,7 @@ def run(*args: str) -> dict[str, Any]:
     if shutil.which(args[0]) is None:
         return {"ok": False, "missing": f"{args[0]} not found on PATH"}
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S)  # noqa: S603 - fixed probes
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     if done.returncode != 0:
@@ -44,7 +44,8 @@ def os_info() -> dict[str, Any]:
     info: dict[str, Any] = {"system": platform.system(), "kernel": platform.release(),
                             "machine": platform.machine()}
     try:
-        fields = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
+        lines = Path("/etc/os-release").read_text().splitlines()
+        fields = dict(line.split("=", 1) for line in lines if "=" in line)
         info["distribution"] = fields.get("PRETTY_NAME", "").strip('"')
     except OSError:
         info["distribution"] = None
@@ -129,7 +130,8 @@ def _nvml() -> dict[str, Any] | None:
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             gpus.append({"index": i, "name": pynvml.nvmlDeviceGetName(handle),
-                         "driver": driver, "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20,
+                         "driver": driver,
+                         "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20,
                          "uuid": pynvml.nvmlDeviceGetUUID(handle)})
         return {"driver": driver, "gpus": gpus}
     finally:

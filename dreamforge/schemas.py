@@ -138,7 +138,8 @@ class ArtifactView(BaseModel):
     s3_key: str
     size_bytes: int
     sha256: str
-    url: str | None = Field(default=None, description="A presigned GET URL (S3) or a file:// URL (local store).")
+    url: str | None = Field(default=None, description="A presigned GET URL (S3); over HTTP, none for the "
+                                                      "local store.")
     path: str | None = Field(default=None, description="The file's path, for the local store.")
 
 

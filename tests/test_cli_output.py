@@ -22,7 +22,8 @@ from dreamforge.schemas import JobView, parse_request
 from tests.conftest import df_command, run_df
 
 HOSTILE = ["[/x]", "[bold]b[/bold]", "\x1b[31mred", "\x1b]8;;http://x\x07link\x1b]8;;\x07",
-           "\x1b]0;pwn\x07", "\x9b31m", "tab\there", "new\nline", "cr\rx", "%s %(x)s", "\u202eevil", "\x00nul"]
+           "\x1b]0;pwn\x07", "\x9b31m", "tab\there", "new\nline", "cr\rx", "%s %(x)s", "\u202eevil",
+           "\x00nul"]
 PROMPT = "a cat " + "".join(HOSTILE)
 SGR = re.compile(r"\x1b\[[0-9;]*m")  # rich's own colours, on a colour terminal
 # rich's own cursor work while a progress bar is live: hide/show the cursor, return, erase line, up.
@@ -57,8 +58,8 @@ def hostile_view(**over) -> JobView:
 @pytest.fixture(params=["piped", "tty-colour", "tty-plain"])
 def consoles(request, monkeypatch) -> tuple[io.StringIO, io.StringIO]:
     out, err = io.StringIO(), io.StringIO()
-    kw = {} if request.param == "piped" else {"force_terminal": True, "width": 200,
-                                              "color_system": "truecolor" if "colour" in request.param else None}
+    colour = "truecolor" if "colour" in request.param else None
+    kw = {} if request.param == "piped" else {"force_terminal": True, "width": 200, "color_system": colour}
     monkeypatch.setattr(common, "console", Console(file=out, soft_wrap=True, **kw))
     monkeypatch.setattr(common, "err_console", Console(file=err, soft_wrap=True, **kw))
     return out, err

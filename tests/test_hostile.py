@@ -74,7 +74,8 @@ def test_integers_and_floats_that_are_fine(api):
 
 
 def test_long_and_odd_ids_are_404_and_cut(api):
-    """A NUL byte in the path (PostgreSQL refuses it) and a 60 KB id (httpx refuses longer URLs): 404, the id echoed cut.
+    """A NUL byte in the path (PostgreSQL refuses it) and a 60 KB id (httpx refuses longer URLs):
+    404, the id echoed cut.
     Needs the core's job-id validation (JobStore.job) for the NUL case on PostgreSQL."""
     for job_id in ("a%00b", "%00", "x" * 60_000, "%1b%5b31m", "..%2f..%2fetc", "%25s%25(x)s"):
         r = api.get(f"/v1/jobs/{job_id}")

@@ -85,7 +85,8 @@ def handle_errors(fn: F) -> F:
         except Exception as exc:
             if os.environ.get("DF_DEBUG"):
                 raise
-            fail(f"internal error: {type(exc).__name__}: {inert(exc, 300)} (set DF_DEBUG=1 for the traceback)")
+            fail(f"internal error: {type(exc).__name__}: {inert(exc, 300)} "
+                 "(set DF_DEBUG=1 for the traceback)")
 
     return wrapper  # type: ignore[return-value]
 

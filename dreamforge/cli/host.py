@@ -18,7 +18,8 @@ env_app = typer.Typer(help="The host and container context.", **TYPER_OPTIONS)
 gpu_app = typer.Typer(help="GPU access for containers (CDI).", **TYPER_OPTIONS)
 
 INSTALL_HINT = ("install the NVIDIA Container Toolkit "
-                "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html), "
+                "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/"
+                "install-guide.html), "
                 "then run this again")
 
 
@@ -63,7 +64,8 @@ def inspect(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.
     cdi = info["cdi"]
     if cdi["specs"]:
         for spec in cdi["specs"]:
-            _line("cdi spec", f"{spec['path']}: " + (", ".join(spec.get("devices", [])) or spec.get("error", "")))
+            devices = ", ".join(spec.get("devices", [])) or spec.get("error", "")
+            _line("cdi spec", f"{spec['path']}: {devices}")
     else:
         _line("cdi specs", "none under " + " and ".join(cdi["searched"]) + " (run `df gpu cdi-generate`)")
     u = info["user"]
@@ -102,7 +104,7 @@ def cdi_generate(
         typer.echo(" ".join(command))
         typer.echo(f"nvidia-ctk cdi list  # then: the devices named in {output}")
         return
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)  # noqa: S603 - a fixed argv, no shell
     if done.returncode != 0:
         fail(f"`{' '.join(command)}` failed (exit {done.returncode}): "
              f"{(done.stderr or done.stdout).strip()[-500:]}", EXIT_FAILED)

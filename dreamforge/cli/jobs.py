@@ -30,7 +30,8 @@ app = typer.Typer(help="List, show and follow jobs.", **TYPER_OPTIONS)
 def list_jobs(
     status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many, newest first.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help='Print {"jobs": [...]}, as GET /v1/jobs does.')] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help='Print {"jobs": [...]}, as GET /v1/jobs does.')] = False,
 ) -> None:
     """A table of recent jobs."""
     views = open_service().list_jobs(status.value if status else None, limit)

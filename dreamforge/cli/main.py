@@ -165,7 +165,8 @@ def status(
 @handle_errors
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (DF_API_HOST, default loopback).")] = None,
-    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (DF_API_PORT, default 8001).")] = None,
+    port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="Port (DF_API_PORT, default 8001).")] = None,
     worker: Annotated[bool | None, typer.Option(
         "--worker/--no-worker",
         help="Also run a worker in this process. Default: on for the embedded SQLite queue, "

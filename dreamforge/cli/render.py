@@ -11,15 +11,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 from rich.text import Text
 
 from dreamforge.cli import common
@@ -92,6 +83,15 @@ def watch(service: JobService, job_id: str, *, quiet: bool = False,
             if view.status.is_terminal():
                 return view
             view = poll()
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns = (TextColumn("{task.fields[status]:<9}", style="bold", markup=False), BarColumn(),
                MofNCompleteColumn(), TextColumn("steps", markup=False), TimeElapsedColumn(),
                TextColumn("ETA", markup=False), TimeRemainingColumn())
@@ -123,6 +123,8 @@ def job_table(views: list[JobView]) -> None:
                  f"{v.params['width']}x{v.params['height']}", f"{current}/{total}",
                  inert(v.params["prompt"], 60))
         return
+    from rich.table import Table
+
     table = Table("id", "status", "created", "size", "steps", "prompt")
     for v in views:
         current, total = _step_progress(v)

@@ -105,7 +105,7 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     messages = {404: f"no route for {path}",
                 405: f"method {cut(request.method, 20)} is not allowed on {path}"}
     return envelope(request, exc.status_code, code, messages.get(exc.status_code, str(exc.detail)),
-                    headers=exc.headers)
+                    headers=dict(exc.headers) if exc.headers else None)
 
 
 EXCEPTION_HANDLERS = {ApiError: api_error, DreamForgeError: domain_error, HTTPException: http_error}

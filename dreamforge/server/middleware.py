@@ -55,7 +55,8 @@ class RequestContext:
                                                                       self.api_token):
                 response = envelope_response(401, "unauthorized", "a valid bearer token is required",
                                              correlation_id=request_id,
-                                             headers={"WWW-Authenticate": "Bearer", "X-Request-ID": request_id})
+                                             headers={"WWW-Authenticate": "Bearer",
+                                                      "X-Request-ID": request_id})
                 await response(scope, receive, send)
                 return
 

@@ -17,7 +17,7 @@ REF = "#/components/schemas/{model}"
 EXAMPLE_REQUEST = {"type": "generate", "prompt": "an old-growth forest at dawn", "width": 1024,
                    "height": 1024, "steps": 24, "guidance": 7.0, "format": "png"}
 JOB_ID = "8b0f7a52-3c1e-4d7a-9a51-2d0c8e7f1a10"
-EXAMPLE_QUEUED = {
+EXAMPLE_QUEUED: dict[str, Any] = {
     "id": JOB_ID, "type": "generate", "status": "queued",
     "params": {**EXAMPLE_REQUEST, "negative_prompt": None, "seed": None, "count": 1},
     "steps": [{"name": "generate", "status": "queued", "progress": {"current": 0, "total": 24},
@@ -35,7 +35,7 @@ EXAMPLE_JOB = {
                    "s3_key": f"dreamforge/default/jobs/{JOB_ID}/generate/20260101T120004Z_0_1024x1024_42.png",
                    "size_bytes": 1534712, "sha256": "9f2c…", "url": "https://…", "path": None}],
     "attempts": 1, "started_at": "2026-01-01T12:00:00Z", "finished_at": "2026-01-01T12:00:04Z"}
-BEARER = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 VISIBLE_PATTERN = "^[!-~]+$"
 
 
@@ -76,7 +76,8 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                     "name": "Idempotency-Key", "in": "header", "required": False,
                     "description": "The same key with the same body returns the first job; with "
                                    "another body, 409.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": VISIBLE_PATTERN}}],
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                               "pattern": VISIBLE_PATTERN}}],
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": REF.format(model="GenerateRequest")}, "example": EXAMPLE_REQUEST}}},
                 "responses": {
@@ -90,7 +91,8 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                     "401": UNAUTHORIZED,
                     "409": _error("Idempotency-Key reused with another body", "idempotency_conflict",
                                   "this Idempotency-Key was already used with a different request body"),
-                    "413": _error("Body over 64 KiB", "payload_too_large", "request body is over 65536 bytes"),
+                    "413": _error("Body over 64 KiB", "payload_too_large",
+                                  "request body is over 65536 bytes"),
                     "415": _error("Not application/json", "unsupported_media_type",
                                   "Content-Type must be application/json"),
                     "422": _error("A field is out of bounds or unknown", "validation_error",
@@ -111,7 +113,8 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                             "jobs": {"type": "array", "items": {"$ref": REF.format(model="JobView")}}}},
                         "example": {"jobs": [EXAMPLE_JOB]}}}},
                     "401": UNAUTHORIZED,
-                    "422": _error("A bad query parameter", "validation_error", "limit: input should be less than or equal to 1000"),
+                    "422": _error("A bad query parameter", "validation_error",
+                                  "limit: input should be less than or equal to 1000"),
                     "503": UNAVAILABLE,
                 },
             },
@@ -134,7 +137,8 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                             "responses": {"200": {"description": "Ready", "content": {"application/json": {
                                 "schema": {"type": "object", "properties": {
                                     "status": {"type": "string"},
-                                    "checks": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                                    "checks": {"type": "object",
+                                               "additionalProperties": {"type": "string"}}}},
                                 "example": {"status": "ready", "checks": {"job_store": "ok", "queue": "ok",
                                                                           "artifact_store": "ok"}}}}},
                                           "503": _error("A backend is unreachable", "service_unavailable",
