@@ -7,6 +7,7 @@ import grp
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,7 +31,7 @@ def run(*args: str) -> dict[str, Any]:
     if shutil.which(args[0]) is None:
         return {"ok": False, "missing": f"{args[0]} not found on PATH"}
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S)  # noqa: S603 - fixed probes
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     if done.returncode != 0:
@@ -43,7 +44,8 @@ def os_info() -> dict[str, Any]:
     info: dict[str, Any] = {"system": platform.system(), "kernel": platform.release(),
                             "machine": platform.machine()}
     try:
-        fields = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
+        lines = Path("/etc/os-release").read_text().splitlines()
+        fields = dict(line.split("=", 1) for line in lines if "=" in line)
         info["distribution"] = fields.get("PRETTY_NAME", "").strip('"')
     except OSError:
         info["distribution"] = None
@@ -60,9 +62,27 @@ def in_container() -> dict[str, Any]:
     return {"inside": bool(markers or hints), "evidence": markers + hints}
 
 
+_VERSION = re.compile(r"v?(\d+\.\d+(?:\.\d+)?[\w.+-]*)")
+
+
+def compose_version() -> dict[str, Any]:
+    """Compose v2 answers `docker compose version --short`; early v2 releases refuse `--short`
+    ("unknown flag"), so the long form is parsed; the standalone v1 `docker-compose` comes last."""
+    first: dict[str, Any] | None = None
+    for args in (("docker", "compose", "version", "--short"), ("docker", "compose", "version"),
+                 ("docker-compose", "version", "--short"), ("docker-compose", "version")):
+        result = run(*args)
+        found = _VERSION.search(result["stdout"]) if result["ok"] else None
+        if found:
+            return {"ok": True, "stdout": found.group(1)}
+        if first is None:
+            first = result if not result["ok"] else {"ok": False, "error": "no version in its output"}
+    return first or {"ok": False, "error": "not found"}
+
+
 def docker() -> dict[str, Any]:
     engine = run("docker", "version", "--format", "{{.Server.Version}}")
-    compose = run("docker", "compose", "version", "--short")
+    compose = compose_version()
     runtimes = run("docker", "info", "--format", "{{json .Runtimes}}")
     out: dict[str, Any] = {
         "engine": engine.get("stdout") if engine["ok"] else None,
@@ -110,7 +130,8 @@ def _nvml() -> dict[str, Any] | None:
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             gpus.append({"index": i, "name": pynvml.nvmlDeviceGetName(handle),
-                         "driver": driver, "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20,
+                         "driver": driver,
+                         "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20,
                          "uuid": pynvml.nvmlDeviceGetUUID(handle)})
         return {"driver": driver, "gpus": gpus}
     finally:

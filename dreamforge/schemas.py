@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
-import enum
+import re
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dreamforge.errors import InvalidRequest
+from dreamforge.status import JobStatus
+from dreamforge.text import cut
+
+__all__ = ["JobStatus", "GenerateRequest", "JobView", "parse_request"]
 
 MAX_SEED = 4_294_967_295
-
-
-class JobStatus(str, enum.Enum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-
-    def is_terminal(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed)
+# The whitespace of ECMAScript's \s, spelled out so that the schema's pattern means the same to a
+# JavaScript client, to Python's re and to the server (Python's str.strip also strips \x1c-\x1f).
+_SPACE = "\\t\\n\\v\\f\\r \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+# A prompt: no NUL (PostgreSQL text can't hold one), and something besides whitespace.
+PROMPT_PATTERN = f"^[^\\x00]*[^\\x00{_SPACE}][^\\x00]*$"
+NO_NUL_PATTERN = "^[^\\x00]*$"
+_PROMPT_RE = re.compile(PROMPT_PATTERN)
+_NO_NUL_RE = re.compile(NO_NUL_PATTERN)
 
 
 class GenerateRequest(BaseModel):
     """A request for one image. Unknown fields are refused so typos surface."""
 
+    # strict: on the wire, `true`, `"64"` and `64.0` are not integers (the CLI parses its own
+    # arguments and passes ints).
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"type": "generate", "prompt": "an old-growth forest at dawn", "width": 1024,
@@ -37,8 +42,10 @@ class GenerateRequest(BaseModel):
     )
 
     type: Literal["generate"] = "generate"
-    prompt: str = Field(min_length=1, max_length=2000)
-    negative_prompt: str | None = Field(default=None, max_length=2000)
+    prompt: str = Field(min_length=1, max_length=2000, json_schema_extra={"pattern": PROMPT_PATTERN},
+                        description="Not blank (whitespace only is refused); no NUL character.")
+    negative_prompt: str | None = Field(default=None, max_length=2000,
+                                        json_schema_extra={"pattern": NO_NUL_PATTERN})
     width: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
     height: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
     steps: int = Field(default=30, ge=1, le=150)
@@ -50,15 +57,35 @@ class GenerateRequest(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+        if "\x00" in value:
+            raise ValueError("prompt must not contain a NUL character")
+        if not _PROMPT_RE.match(value):
             raise ValueError("prompt must not be blank")
+        return value
+
+    @field_validator("width", "height", "steps", "seed", "count", mode="before")
+    @classmethod
+    def _integral(cls, value: Any) -> Any:
+        """JSON Schema's integer is a number without a fraction, so 64.0 is 64 (a generated client
+        may send it); a bool is not a number, and True == 1 only in Python."""
+        if isinstance(value, bool):
+            raise ValueError("input should be an integer, not a boolean")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and not _NO_NUL_RE.match(value):
+            raise ValueError("negative_prompt must not contain a NUL character")
         return value
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     out = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "body"
+        field = cut(".".join(str(p) for p in err["loc"]) or "body", 100)
         message = err["msg"]
         if err["type"] == "multiple_of":
             message = f"{field} must be a multiple of {err['ctx']['multiple_of']}"
@@ -66,6 +93,8 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
             message = f"unknown field {field!r}"
         elif err["type"] == "literal_error" and field == "count":
             message = "count must be 1 in v1"
+        elif err["type"] == "value_error":
+            message = str(err["ctx"]["error"])
         elif field != "body":
             message = f"{field}: {message[0].lower()}{message[1:]}"
         out.append({"field": field, "message": message})
@@ -109,7 +138,8 @@ class ArtifactView(BaseModel):
     s3_key: str
     size_bytes: int
     sha256: str
-    url: str | None = Field(default=None, description="A presigned GET URL (S3) or a file:// URL (local store).")
+    url: str | None = Field(default=None, description="A presigned GET URL (S3); over HTTP, none for the "
+                                                      "local store.")
     path: str | None = Field(default=None, description="The file's path, for the local store.")
 
 

@@ -6,11 +6,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
-from dreamforge.cli.common import EXIT_FAILED, console, fail, handle_errors, load_settings, print_json
-from dreamforge.service import JobService
+from dreamforge.cli.common import (
+    EXIT_FAILED,
+    TYPER_OPTIONS,
+    console,
+    fail,
+    handle_errors,
+    open_service,
+    print_json,
+)
+from dreamforge.cli.render import line
+from dreamforge.text import inert
 
-app = typer.Typer(no_args_is_help=True, help="Download artifacts; retry failed uploads.")
+app = typer.Typer(help="Download artifacts; retry failed uploads.", **TYPER_OPTIONS)
 
 
 @app.command("get")
@@ -22,7 +32,7 @@ def get(
     """Download a job's images through the artifact store (local folder or S3)."""
     if output_dir.exists() and not output_dir.is_dir():
         fail(f"{output_dir} is not a folder", 2)
-    service = JobService.from_settings(load_settings())
+    service = open_service()
     view = service.get(job_id)
     if not view.artifacts:
         fail(f"job {job_id} has no artifacts (status {view.status.value})", EXIT_FAILED)
@@ -30,7 +40,7 @@ def get(
     for art in view.artifacts:
         target = output_dir / Path(art.s3_key).name
         target.write_bytes(service.artifact_bytes(art.s3_key))
-        typer.echo(str(target))
+        console.print(Text(inert(target)))
 
 
 @app.command("retry")
@@ -39,13 +49,13 @@ def retry(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Upload the images that a failed upload left in the local spool, and finish their jobs."""
-    results = JobService.from_settings(load_settings()).retry_spooled()
+    results = open_service().retry_spooled()
     if as_json:
         print_json(results)
     elif not results:
-        console.print("nothing spooled", highlight=False)
+        console.print("nothing spooled")
     for r in results if not as_json else []:
         state = "uploaded" if r["uploaded"] else f"still failing: {r['error']}"
-        console.print(f"{r['job_id']}  {r['key']}  {state}", highlight=False, soft_wrap=True)
+        line(r["job_id"], r["key"], state)
     if any(not r["uploaded"] for r in results):
         raise typer.Exit(EXIT_FAILED)

@@ -1,4 +1,8 @@
-"""What every command shares: settings, the service, consoles, and turning errors into exits."""
+"""What every command shares: settings, the service, consoles, and turning errors into exits.
+
+Only typer and rich at module level: ``df --help`` must not pay for pydantic, SQLAlchemy, Huey or
+Redis. Commands import the service inside their bodies.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +12,47 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
-from dreamforge.errors import ConfigError, DreamForgeError, InvalidRequest, JobNotFound
-from dreamforge.settings import Settings
+from dreamforge.text import inert
 
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from dreamforge.service import JobService
+    from dreamforge.settings import Settings
+
+# soft_wrap: piped output (and long lines on a terminal) is never broken mid-sentence by rich;
+# the terminal wraps what it must. Tables still fit the terminal's width.
+console = Console(soft_wrap=True, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# Help as plain text: typer's rich panels label every flag `<bool>`, as if it took a value.
+TYPER_OPTIONS: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": None}
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    """One line on stderr, then exit. ``message`` may carry outside text: it is shown inert."""
+    err_console.print(Text.assemble(("error:", "red"), " ", inert(message)))
     raise typer.Exit(code)
 
 
+def note(message: str) -> None:
+    """A progress remark on stderr, so stdout stays for results."""
+    err_console.print(Text(inert(message)))
+
+
 def load_settings() -> Settings:
+    from pydantic import ValidationError
+
+    from dreamforge.settings import Settings
+
     try:
         return Settings()
     except ValidationError as exc:
@@ -40,17 +61,23 @@ def load_settings() -> Settings:
         fail(f"invalid setting {name}: {err['msg']}", EXIT_USAGE)
 
 
+def open_service(settings: Settings | None = None) -> JobService:
+    from dreamforge.service import JobService
+
+    return JobService.from_settings(settings or load_settings())
+
+
 def handle_errors(fn: F) -> F:
     """Domain errors become one line on stderr and an exit code; never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from dreamforge.errors import ConfigError, DreamForgeError, InvalidRequest
+
         try:
             return fn(*args, **kwargs)
         except (InvalidRequest, ConfigError) as exc:
             fail(exc.message, EXIT_USAGE)
-        except JobNotFound as exc:
-            fail(exc.message, EXIT_FAILED)
         except DreamForgeError as exc:
             fail(exc.message, EXIT_FAILED)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
@@ -58,13 +85,15 @@ def handle_errors(fn: F) -> F:
         except Exception as exc:
             if os.environ.get("DF_DEBUG"):
                 raise
-            fail(f"internal error: {type(exc).__name__}: {exc} (set DF_DEBUG=1 for the traceback)")
+            fail(f"internal error: {type(exc).__name__}: {inert(exc, 300)} "
+                 "(set DF_DEBUG=1 for the traceback)")
 
     return wrapper  # type: ignore[return-value]
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    # ensure_ascii: a control character stays an escape (\u001b) in the JSON text.
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=True) + "\n")
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -9,30 +9,43 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
-from dreamforge import hostinfo
-from dreamforge.cli.common import EXIT_FAILED, EXIT_USAGE, console, err_console, fail, print_json
+from dreamforge.cli.common import EXIT_FAILED, EXIT_USAGE, TYPER_OPTIONS, console, fail, note, print_json
+from dreamforge.text import inert
 
-env_app = typer.Typer(no_args_is_help=True, help="The host and container context.")
-gpu_app = typer.Typer(no_args_is_help=True, help="GPU access for containers (CDI).")
+env_app = typer.Typer(help="The host and container context.", **TYPER_OPTIONS)
+gpu_app = typer.Typer(help="GPU access for containers (CDI).", **TYPER_OPTIONS)
 
 INSTALL_HINT = ("install the NVIDIA Container Toolkit "
-                "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html), "
+                "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/"
+                "install-guide.html), "
                 "then run this again")
 
 
-def _line(label: str, value: Any) -> None:
-    console.print(f"{label + ':':<26}{value}", highlight=False, soft_wrap=True)
+def _print_rows(rows: list[tuple[str, Any]]) -> None:
+    """Label and value columns, the labels padded to the longest so that no value touches one.
+    Values come from tools, spec files and the environment: shown inert."""
+    width = max(len(label) for label, _ in rows) + 2
+    for label, value in rows:
+        console.print(Text(f"{label + ':':<{width}}{inert(value)}"))
 
 
 @env_app.command("inspect")
 def inspect(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """OS, Docker and Compose, runtimes, NVIDIA driver and GPUs, nvidia-ctk, CDI specs, groups and
     DF_*/NVIDIA_* variables (secrets masked). Missing pieces are reported; this always exits 0."""
+    from dreamforge import hostinfo
+
     info = hostinfo.inspect()
     if as_json:
         print_json(info)
         return
+    rows: list[tuple[str, Any]] = []
+
+    def _line(label: str, value: Any) -> None:
+        rows.append((label, value))
+
     o, d, n = info["os"], info["docker"], info["nvidia"]
     _line("os", f"{o.get('distribution') or o['system']} · kernel {o['kernel']} · {o['machine']}")
     _line("inside a container", "yes (" + ", ".join(info["container"]["evidence"]) + ")"
@@ -51,7 +64,8 @@ def inspect(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.
     cdi = info["cdi"]
     if cdi["specs"]:
         for spec in cdi["specs"]:
-            _line("cdi spec", f"{spec['path']}: " + (", ".join(spec.get("devices", [])) or spec.get("error", "")))
+            devices = ", ".join(spec.get("devices", [])) or spec.get("error", "")
+            _line("cdi spec", f"{spec['path']}: {devices}")
     else:
         _line("cdi specs", "none under " + " and ".join(cdi["searched"]) + " (run `df gpu cdi-generate`)")
     u = info["user"]
@@ -59,10 +73,13 @@ def inspect(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.
     store = info["artifact_store"]
     _line("artifact store", store.get("store") if store["reachable"] else f"unreachable ({store['problem']})")
     for name, value in info["environment"].items():
-        _line(f"  {name}", value)
+        _line(f"  {inert(name)}", value)
+    _print_rows(rows)
 
 
 def spec_devices(path: Path) -> list[str]:
+    from dreamforge import hostinfo
+
     spec = hostinfo.read_cdi_spec(path)
     if "error" in spec:
         fail(f"nvidia-ctk ran, but its spec at {path} could not be read: {spec['error']}", EXIT_FAILED)
@@ -82,18 +99,18 @@ def cdi_generate(
         if shutil.which("sudo") is None:
             fail("writing the CDI spec needs root, and sudo is not available: run this as root", EXIT_USAGE)
         command = ["sudo", *command]
-        err_console.print("not root: running nvidia-ctk through sudo", highlight=False)
+        note("not root: running nvidia-ctk through sudo")
     if dry_run:
         typer.echo(" ".join(command))
         typer.echo(f"nvidia-ctk cdi list  # then: the devices named in {output}")
         return
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)  # noqa: S603 - a fixed argv, no shell
     if done.returncode != 0:
         fail(f"`{' '.join(command)}` failed (exit {done.returncode}): "
              f"{(done.stderr or done.stdout).strip()[-500:]}", EXIT_FAILED)
     devices = spec_devices(output)
-    console.print(f"wrote {output}", highlight=False)
+    console.print(Text(f"wrote {inert(output)}"))
     for name in devices:
-        typer.echo(name)
+        console.print(Text(inert(name)))
     if not devices:
         fail(f"{output} names no devices: is the NVIDIA driver loaded?", EXIT_FAILED)

@@ -4,48 +4,104 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
 from dreamforge.cli import artifacts, host, jobs, render
-from dreamforge.cli.common import (EXIT_FAILED, EXIT_USAGE, console, err_console, fail,
-                                   handle_errors, load_settings, print_json, setup_logging)
-from dreamforge.schemas import JobStatus, parse_request
-from dreamforge.service import JobService
+from dreamforge.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    TYPER_OPTIONS,
+    console,
+    fail,
+    handle_errors,
+    load_settings,
+    note,
+    open_service,
+    print_json,
+    setup_logging,
+)
+from dreamforge.status import JobStatus
+from dreamforge.text import inert
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="DreamForge: Stable Diffusion XL jobs on your own GPUs.")
+if TYPE_CHECKING:
+    from dreamforge.schemas import JobView
+    from dreamforge.service import JobService
+    from dreamforge.settings import Settings
+    from dreamforge.worker import InlineWorker
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="DreamForge: Stable Diffusion XL jobs on your own GPUs.", **TYPER_OPTIONS)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(host.env_app, name="env")
 app.add_typer(host.gpu_app, name="gpu")
 
 
+class LocalRun:
+    """Runs the job in this process when no worker is live: at once, or when the last live
+    worker stops answering while the job still waits in the queue."""
+
+    def __init__(self, service: JobService, settings: Settings, job_id: str):
+        self.service, self.settings, self.job_id = service, settings, job_id
+        self.inline: InlineWorker | None = None
+
+    def start(self, reason: str) -> None:
+        from dreamforge.runners import make_runner
+        from dreamforge.worker import InlineWorker
+
+        setup_logging(logging.WARNING)
+        note(f"{reason}: running job {self.job_id} in this process.")
+        self.inline = InlineWorker(self.service, make_runner(self.settings), self.job_id)
+        self.inline.start()
+
+    def check(self) -> None:
+        if self.inline is not None:
+            self.inline.check()
+
+    def on_no_worker(self, view: JobView) -> None:
+        if self.inline is not None:
+            return  # ours: the in-process run does not register as a worker
+        if view.status is JobStatus.queued:
+            self.start("No live worker any more")
+        else:
+            fail(f"job {view.id} is {view.status.value}, but its worker stopped answering and no worker "
+                 "is live: start `df worker` (the job goes back to the queue), then "
+                 f"`df jobs watch {view.id}`", EXIT_FAILED)
+
+    def join(self) -> None:
+        if self.inline is not None:
+            self.inline.join()
+
+
 @app.command()
 @handle_errors
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
-    negative_prompt: Annotated[Optional[str], typer.Option(help="What to keep out.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="What to keep out.")] = None,
     width: Annotated[int, typer.Option(help="64–2048, a multiple of 8.")] = 1024,
     height: Annotated[int, typer.Option(help="64–2048, a multiple of 8.")] = 1024,
     steps: Annotated[int, typer.Option(help="Denoising steps, 1–150.")] = 30,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance, 0–30.")] = 7.0,
-    seed: Annotated[Optional[int], typer.Option(help="0–4294967295; drawn at random if unset.")] = None,
+    seed: Annotated[int | None, typer.Option(help="0–4294967295; drawn at random if unset.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="png, jpeg or webp.")] = "png",
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output",
+    output: Annotated[Path | None, typer.Option("-o", "--output",
                                                    help="Copy the image here (implies --wait).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job view as JSON.")] = False,
 ) -> None:
     """Submit one image job. With --wait, follow it; with no live worker, run it here."""
+    from dreamforge.schemas import parse_request
+
     request = parse_request({"prompt": prompt, "negative_prompt": negative_prompt, "width": width,
                              "height": height, "steps": steps, "guidance": guidance, "seed": seed,
                              "format": fmt})
     if output is not None and output.is_dir():
         fail(f"-o wants a file name, and {output} is a folder", EXIT_USAGE)
     settings = load_settings()
-    service = JobService.from_settings(settings)
+    service = open_service(settings)
     view = service.submit(request).view
     if not (wait or output):
         if as_json:
@@ -53,20 +109,13 @@ def generate(
         else:
             typer.echo(view.id)
         return
-    inline = None
+    local = LocalRun(service, settings, view.id)
     if not service.live_workers():
-        from dreamforge.runners import make_runner
-        from dreamforge.worker import InlineWorker
-
-        setup_logging(logging.WARNING)
-        err_console.print(f"No live worker: running job {view.id} in this process.", highlight=False)
-        inline = InlineWorker(service, make_runner(settings), view.id)
-        inline.start()
+        local.start("No live worker")
     elif not as_json:
-        err_console.print(f"Job {view.id} queued; a worker will run it.", highlight=False)
-    view = render.watch(service, view.id, quiet=as_json, check=inline.check if inline else None)
-    if inline is not None:
-        inline.join()
+        note(f"Job {view.id} queued; a worker will run it.")
+    view = render.watch(service, view.id, quiet=as_json, check=local.check, on_no_worker=local.on_no_worker)
+    local.join()
     if as_json:
         print_json(view.model_dump(mode="json"))
     if view.status is not JobStatus.succeeded:
@@ -91,8 +140,7 @@ def worker(
 
     settings = load_settings()
     setup_logging()
-    service = JobService.from_settings(settings)
-    run_worker(service, make_runner(settings), concurrency)
+    run_worker(open_service(settings), make_runner(settings), concurrency)
 
 
 @app.command()
@@ -101,24 +149,25 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Job counts by status, queue depth and live workers."""
-    info = JobService.from_settings(load_settings()).status()
+    info = open_service().status()
     if as_json:
         print_json(info)
         return
     counts = "  ".join(f"{k} {v}" for k, v in info["jobs"].items())
-    console.print(f"jobs:        {counts}", highlight=False)
-    console.print(f"queue depth: {info['queue_depth']}", highlight=False)
-    console.print(f"workers:     {len(info['workers'])} live", highlight=False)
+    console.print(Text(f"jobs:        {counts}"))
+    console.print(Text(f"queue depth: {info['queue_depth']}"))
+    console.print(Text(f"workers:     {len(info['workers'])} live"))
     for w in info["workers"]:
-        console.print(f"  {w['id']}  last heartbeat {w['heartbeat_at']}", highlight=False)
+        console.print(Text(f"  {inert(w['id'])}  last heartbeat {inert(w['heartbeat_at'])}"))
 
 
 @app.command()
 @handle_errors
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Bind address (DF_API_HOST, default loopback).")] = None,
-    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (DF_API_PORT, default 8001).")] = None,
-    worker: Annotated[Optional[bool], typer.Option(
+    host: Annotated[str | None, typer.Option(help="Bind address (DF_API_HOST, default loopback).")] = None,
+    port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="Port (DF_API_PORT, default 8001).")] = None,
+    worker: Annotated[bool | None, typer.Option(
         "--worker/--no-worker",
         help="Also run a worker in this process. Default: on for the embedded SQLite queue, "
              "off when the queue is Redis (run `df worker` on the GPU hosts).")] = None,
@@ -136,24 +185,45 @@ def serve(
                 log_level="info", access_log=True, timeout_graceful_shutdown=30)
 
 
+SPEC_IN_REPO = Path("docs/openapi/openapi.v1.json")
+
+
+def _spec_path() -> Path | None:
+    """The committed document: under the working folder, else under the checkout this package
+    was imported from (an editable install). None outside a checkout."""
+    here = Path.cwd() / SPEC_IN_REPO
+    checkout = Path(__file__).resolve().parents[2] / SPEC_IN_REPO
+    for candidate in (here, checkout):
+        if candidate.parent.is_dir():
+            return candidate
+    return None
+
+
 @app.command()
+@handle_errors
 def openapi(
     check: Annotated[bool, typer.Option("--check", help="Fail when the committed file is stale.")] = False,
-    path: Annotated[Path, typer.Option(help="Where the document lives.")] = Path("docs/openapi/openapi.v1.json"),
+    path: Annotated[Path | None, typer.Option(
+        help="Where the document lives. Default: docs/openapi/openapi.v1.json of this checkout.")] = None,
 ) -> None:
     """Write the OpenAPI document generated from the code, or check the committed one."""
     from dreamforge.server.openapi import render_spec
 
+    target = path or _spec_path()
+    if target is None:
+        fail(f"{SPEC_IN_REPO} not found: run this in a DreamForge checkout, or pass --path", EXIT_USAGE)
     spec = render_spec()
     if check:
-        current = path.read_text() if path.exists() else ""
-        if current != spec:
-            fail(f"{path} is stale: run `df openapi` and commit it", EXIT_FAILED)
-        typer.echo(f"{path} is up to date")
+        if not target.is_file():
+            fail(f"{target} not found: run `df openapi` in the checkout, or pass --path", EXIT_FAILED)
+        if target.read_text() != spec:
+            fail(f"{target} is stale: run `df openapi` and commit it", EXIT_FAILED)
+        typer.echo(f"{target} is up to date")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(spec)
-    typer.echo(f"wrote {path}")
+    if not target.parent.is_dir():
+        fail(f"folder {target.parent} does not exist", EXIT_USAGE)
+    target.write_text(spec)
+    typer.echo(f"wrote {target}")
 
 
 def main() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,50 +16,45 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dreamforge.errors import InvalidRequest
-from dreamforge.schemas import JobStatus, field_errors, parse_request
-from dreamforge.server.errors import EXCEPTION_HANDLERS, ApiError, envelope
+from dreamforge.schemas import JobStatus, JobView, field_errors, parse_request
+from dreamforge.server.body import read_json
+from dreamforge.server.errors import EXCEPTION_HANDLERS, envelope
 from dreamforge.server.metrics import make_registry, metrics_text
 from dreamforge.server.middleware import VISIBLE, RequestContext
 from dreamforge.service import JobService
 from dreamforge.settings import Settings
+from dreamforge.text import inert
 
 log = logging.getLogger("dreamforge.server")
-MAX_BODY_BYTES = 64 * 1024
 
 
 def _service(request: Request) -> JobService:
     return request.state.service
 
 
-async def _read_json(request: Request) -> Any:
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise ApiError(415, f"Content-Type must be application/json, not {media_type or 'missing'!r}")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes")
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+def public_view(view: JobView) -> dict[str, Any]:
+    """The job view an HTTP client gets: nothing about the server's layout. A local artifact's
+    file path and file:// URL mean nothing on the client's machine and tell it where the data
+    folder is, so they are dropped; a presigned http(s) URL is kept."""
+    data = view.model_dump(mode="json")
+    for art in data["artifacts"]:
+        art["path"] = None
+        if not (art.get("url") or "").startswith(("https://", "http://")):
+            art["url"] = None
+    return data
 
 
-def _view_response(view: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(view.model_dump(mode="json"), status_code=status, headers=headers)
+def _view_response(view: JobView, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(public_view(view), status_code=status, headers=headers)
 
 
 async def create_job(request: Request) -> Response:
-    data = await _read_json(request)
+    data = await read_json(request)
     key = request.headers.get("idempotency-key")
     if key is not None and not VISIBLE.match(key):
         raise InvalidRequest("Idempotency-Key must be 1-255 visible ASCII characters",
                              details=[{"field": "Idempotency-Key", "message": "1-255 visible characters"}])
-    job_request = parse_request(data)
+    job_request = parse_request(data)  # strict: the model refuses `true` or "64" for an integer
     submitted = await run_in_threadpool(_service(request).submit, job_request,
                                         correlation_id=request.state.request_id, idempotency_key=key)
     headers = {"Location": f"/v1/jobs/{submitted.view.id}"}
@@ -86,7 +80,7 @@ def list_jobs(request: Request) -> Response:
         details = field_errors(exc)
         raise InvalidRequest(details[0]["message"], details=details) from None
     views = _service(request).list_jobs(query.status.value if query.status else None, query.limit)
-    return JSONResponse({"jobs": [v.model_dump(mode="json") for v in views]})
+    return JSONResponse({"jobs": [public_view(v) for v in views]})
 
 
 def healthz(request: Request) -> Response:
@@ -94,11 +88,17 @@ def healthz(request: Request) -> Response:
 
 
 def readyz(request: Request) -> Response:
+    """Open to anyone who can reach the port, so it names the backend that is down and nothing
+    more: the reason (a host, a path) goes to the server's log."""
     checks = _service(request).readiness()
     if all(v == "ok" for v in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
-    down = ", ".join(k for k, v in checks.items() if v != "ok")
-    return envelope(request, 503, "service_unavailable", f"not ready: {down} unreachable", checks)
+    down = [k for k, v in checks.items() if v != "ok"]
+    for name in down:
+        log.warning("[request_id=%s] not ready: %s: %s", request.state.request_id, name,
+                    inert(checks[name], 500))
+    return envelope(request, 503, "service_unavailable", f"not ready: {', '.join(down)} unreachable",
+                    {k: "ok" if v == "ok" else "unreachable" for k, v in checks.items()})
 
 
 def metrics(request: Request) -> Response:
@@ -106,9 +106,15 @@ def metrics(request: Request) -> Response:
                     media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+async def jobs(request: Request) -> Response:
+    """One route for both methods, so a 405 on /v1/jobs names both in its Allow header."""
+    if request.method == "POST":
+        return await create_job(request)
+    return await run_in_threadpool(list_jobs, request)
+
+
 ROUTES = [
-    Route("/v1/jobs", create_job, methods=["POST"]),
-    Route("/v1/jobs", list_jobs, methods=["GET"]),
+    Route("/v1/jobs", jobs, methods=["GET", "POST"]),
     Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),

@@ -16,18 +16,27 @@ REF = "#/components/schemas/{model}"
 
 EXAMPLE_REQUEST = {"type": "generate", "prompt": "an old-growth forest at dawn", "width": 1024,
                    "height": 1024, "steps": 24, "guidance": 7.0, "format": "png"}
+JOB_ID = "8b0f7a52-3c1e-4d7a-9a51-2d0c8e7f1a10"
+EXAMPLE_QUEUED: dict[str, Any] = {
+    "id": JOB_ID, "type": "generate", "status": "queued",
+    "params": {**EXAMPLE_REQUEST, "negative_prompt": None, "seed": None, "count": 1},
+    "steps": [{"name": "generate", "status": "queued", "progress": {"current": 0, "total": 24},
+               "seed": None, "started_at": None, "finished_at": None}],
+    "summary": {"count": 1, "completed": 0}, "artifacts": [],
+    "error": None, "attempts": 0, "correlation_id": "c0ffee", "created_at": "2026-01-01T12:00:00Z",
+    "started_at": None, "finished_at": None}
 EXAMPLE_JOB = {
-    "id": "8b0f7a52-3c1e-4d7a-9a51-2d0c8e7f1a10", "type": "generate", "status": "succeeded",
-    "params": {**EXAMPLE_REQUEST, "negative_prompt": None, "seed": 42, "count": 1},
+    **EXAMPLE_QUEUED, "status": "succeeded",
+    "params": {**EXAMPLE_QUEUED["params"], "seed": 42},
     "steps": [{"name": "generate", "status": "succeeded", "progress": {"current": 24, "total": 24},
                "seed": 42, "started_at": "2026-01-01T12:00:00Z", "finished_at": "2026-01-01T12:00:04Z"}],
     "summary": {"count": 1, "completed": 1},
     "artifacts": [{"item_index": 0, "seed": 42, "width": 1024, "height": 1024, "format": "png",
-                   "s3_key": "dreamforge/default/jobs/8b0f7a52-3c1e-4d7a-9a51-2d0c8e7f1a10/generate/"
-                             "20260101T120004Z_0_1024x1024_42.png",
+                   "s3_key": f"dreamforge/default/jobs/{JOB_ID}/generate/20260101T120004Z_0_1024x1024_42.png",
                    "size_bytes": 1534712, "sha256": "9f2c…", "url": "https://…", "path": None}],
-    "error": None, "attempts": 1, "correlation_id": "c0ffee", "created_at": "2026-01-01T12:00:00Z",
-    "started_at": "2026-01-01T12:00:00Z", "finished_at": "2026-01-01T12:00:04Z"}
+    "attempts": 1, "started_at": "2026-01-01T12:00:00Z", "finished_at": "2026-01-01T12:00:04Z"}
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+VISIBLE_PATTERN = "^[!-~]+$"
 
 
 def _error(description: str, code: str, message: str) -> dict[str, Any]:
@@ -37,22 +46,26 @@ def _error(description: str, code: str, message: str) -> dict[str, Any]:
                               "correlation_id": "c0ffee"}}}}}
 
 
-def _job(description: str) -> dict[str, Any]:
+def _job(description: str, example: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {
-        "schema": {"$ref": REF.format(model="JobView")}, "example": EXAMPLE_JOB}}}
+        "schema": {"$ref": REF.format(model="JobView")}, "example": example}}}
 
 
 REQUEST_ID = {"name": "X-Request-ID", "in": "header", "required": False,
-              "description": "Taken if sent (1-255 visible characters), made if not; echoed on "
-                             "every response and stored as the job's correlation id.",
-              "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}}
+              "description": "Any value is accepted. One of 1-255 visible ASCII characters (! to ~) is "
+                             "taken; anything else (empty, longer, spaces, non-ASCII) is replaced by a "
+                             "made id. The id in use is echoed in the response's X-Request-ID, stored as "
+                             "the job's correlation id and carried into worker logs.",
+              "schema": {"type": "string"}}
 UNAUTHORIZED = _error("Missing or wrong bearer token (when DF_API_TOKEN is set)", "unauthorized",
                       "a valid bearer token is required")
 UNAVAILABLE = _error("The job store or the queue is unreachable", "service_unavailable",
-                     "job store unreachable: OperationalError")
+                     "job store unreachable")
 
 
-def build_spec() -> dict[str, Any]:
+def build_spec(token_required: bool = True) -> dict[str, Any]:
+    """The v1 contract. ``token_required`` False describes a server without DF_API_TOKEN (the
+    bearer token then becomes optional); the committed document is the deployed shape."""
     _, defs = models_json_schema([(GenerateRequest, "validation"), (JobView, "serialization"),
                                   (ErrorEnvelope, "serialization")], ref_template=REF)
     paths = {
@@ -63,18 +76,23 @@ def build_spec() -> dict[str, Any]:
                     "name": "Idempotency-Key", "in": "header", "required": False,
                     "description": "The same key with the same body returns the first job; with "
                                    "another body, 409.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}}],
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                               "pattern": VISIBLE_PATTERN}}],
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": REF.format(model="GenerateRequest")}, "example": EXAMPLE_REQUEST}}},
                 "responses": {
-                    "202": {**_job("Accepted: the job is queued"),
+                    "202": {**_job("Accepted: the job is queued", EXAMPLE_QUEUED),
                             "headers": {"Location": {"schema": {"type": "string"},
-                                                     "description": "/v1/jobs/{id}"}}},
+                                                     "description": "/v1/jobs/{id}"}},
+                            "links": {"GetJob": {"operationId": "getJob",
+                                                 "parameters": {"job_id": "$response.body#/id"},
+                                                 "description": "The job just submitted"}}},
                     "400": _error("The body is not JSON", "invalid_json", "request body is not valid JSON"),
                     "401": UNAUTHORIZED,
                     "409": _error("Idempotency-Key reused with another body", "idempotency_conflict",
                                   "this Idempotency-Key was already used with a different request body"),
-                    "413": _error("Body over 64 KiB", "payload_too_large", "request body is over 65536 bytes"),
+                    "413": _error("Body over 64 KiB", "payload_too_large",
+                                  "request body is over 65536 bytes"),
                     "415": _error("Not application/json", "unsupported_media_type",
                                   "Content-Type must be application/json"),
                     "422": _error("A field is out of bounds or unknown", "validation_error",
@@ -95,7 +113,8 @@ def build_spec() -> dict[str, Any]:
                             "jobs": {"type": "array", "items": {"$ref": REF.format(model="JobView")}}}},
                         "example": {"jobs": [EXAMPLE_JOB]}}}},
                     "401": UNAUTHORIZED,
-                    "422": _error("A bad query parameter", "validation_error", "limit: input should be less than or equal to 1000"),
+                    "422": _error("A bad query parameter", "validation_error",
+                                  "limit: input should be less than or equal to 1000"),
                     "503": UNAVAILABLE,
                 },
             },
@@ -104,8 +123,9 @@ def build_spec() -> dict[str, Any]:
             "operationId": "getJob", "summary": "One job: status, steps, progress, artifacts, error",
             "parameters": [REQUEST_ID, {"name": "job_id", "in": "path", "required": True,
                                         "schema": {"type": "string"}}],
-            "responses": {"200": _job("The job"), "401": UNAUTHORIZED,
-                          "404": _error("No such job", "not_found", "no job with id '…'"),
+            "responses": {"200": _job("The job", EXAMPLE_JOB), "401": UNAUTHORIZED,
+                          "404": _error("No such job (the id is cut to 100 characters when echoed)",
+                                        "not_found", "no job with id '…'"),
                           "503": UNAVAILABLE},
         }},
         "/healthz": {"get": {"operationId": "healthz", "summary": "The process is up",
@@ -117,26 +137,42 @@ def build_spec() -> dict[str, Any]:
                             "responses": {"200": {"description": "Ready", "content": {"application/json": {
                                 "schema": {"type": "object", "properties": {
                                     "status": {"type": "string"},
-                                    "checks": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                                    "checks": {"type": "object",
+                                               "additionalProperties": {"type": "string"}}}},
                                 "example": {"status": "ready", "checks": {"job_store": "ok", "queue": "ok",
                                                                           "artifact_store": "ok"}}}}},
                                           "503": _error("A backend is unreachable", "service_unavailable",
                                                         "not ready: queue unreachable")}}},
-        "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
-                             "responses": {"200": {"description": "Prometheus text format",
-                                                   "content": {"text/plain": {"schema": {"type": "string"},
-                                                                              "example": "dreamforge_jobs{status=\"queued\"} 0.0\n"}}}}}},
+        "/metrics": {"get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (with DF_API_TOKEN set, scrape with the bearer token)",
+            "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {
+                "schema": {"type": "string"}, "example": "dreamforge_jobs{status=\"queued\"} 0.0\n"}}},
+                          "401": UNAUTHORIZED}}},
     }
+    _secure(paths, token_required)
     return {
         "openapi": "3.1.0",
         "info": {"title": "DreamForge API", "version": __version__,
                  "description": "Stable Diffusion XL image jobs. Every 4xx and 5xx uses the error envelope."},
         "servers": [{"url": "http://127.0.0.1:8001"}],
         "paths": paths,
+        "security": [],
         "components": {"schemas": defs["$defs"],
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
 
 
-def render_spec() -> str:
-    return json.dumps(build_spec(), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+def _secure(paths: dict[str, Any], token_required: bool) -> None:
+    """Declare the bearer token on what the server guards: /v1 and /metrics. Health probes stay
+    open for orchestrators."""
+    for path, operations in paths.items():
+        for operation in operations.values():
+            if path.startswith("/v1") or path == "/metrics":
+                operation["security"] = BEARER if token_required else [*BEARER, {}]
+            else:
+                operation["security"] = []
+
+
+def render_spec(token_required: bool = True) -> str:
+    return json.dumps(build_spec(token_required), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
