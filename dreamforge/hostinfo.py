@@ -211,12 +211,12 @@ def environment() -> dict[str, str]:
 
 
 def artifact_store() -> dict[str, Any]:
+    from dreamforge.artifact_store import make_artifact_store
     from dreamforge.errors import StorageError
     from dreamforge.settings import Settings
-    from dreamforge.storage import make_store
 
     try:
-        store = make_store(Settings())
+        store = make_artifact_store(Settings())
         store.check()
         return {"reachable": True, "store": store.describe()}
     except StorageError as exc:

@@ -31,7 +31,7 @@ from sqlmodel import SQLModel
 
 from dreamforge.errors import BackendUnavailable, ConfigError, IdempotencyConflict, JobNotFound
 from dreamforge.moves import RUNNING, Fence, Move
-from dreamforge.schemas import JobStatus
+from dreamforge.status import JobStatus
 from dreamforge.tables import Artifact, Event, Job, Lease, Step, Upload, Worker, utcnow
 
 jobs, steps, events, artifacts, workers, uploads, leases = (

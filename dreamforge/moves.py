@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dreamforge.schemas import JobStatus
+from dreamforge.status import JobStatus
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = (JobStatus.queued, JobStatus.running, JobStatus.succeeded,
                                       JobStatus.failed)

@@ -23,7 +23,7 @@ from dreamforge.errors import ConfigError, StorageError
 if TYPE_CHECKING:
     from dreamforge.settings import Settings
 
-log = logging.getLogger("dreamforge.storage")
+log = logging.getLogger(__name__)
 
 # Client errors worth another try; anything else 4xx (bad credentials, no such bucket) is final.
 RETRYABLE_CODES = {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable",

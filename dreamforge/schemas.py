@@ -12,7 +12,7 @@ from dreamforge.errors import InvalidRequest
 from dreamforge.status import JobStatus
 from dreamforge.text import cut
 
-__all__ = ["JobStatus", "GenerateRequest", "JobView", "parse_request"]
+__all__ = ["GenerateRequest", "JobStatus", "JobView", "parse_request"]
 
 MAX_SEED = 4_294_967_295
 # The whitespace of ECMAScript's \s, spelled out so that the schema's pattern means the same to a

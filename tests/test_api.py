@@ -23,7 +23,7 @@ from tests.conftest import ROOT, df_command
 
 SMOKE_BODY = ('{"type":"generate","prompt":"an old-growth forest at dawn","width":1024,"height":1024,'
               '"steps":24,"guidance":7.0,"format":"png"}')
-TOKEN = "s3cret-token"  # noqa: S105 - a test token
+TOKEN = "s3cret-token"
 
 
 def free_port() -> int:
@@ -39,8 +39,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(df_command("serve", "--port", str(self.port), *args),  # noqa: S603
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(df_command("serve", "--port", str(self.port), *args),
                                      env={**os.environ, **env}, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -125,7 +125,7 @@ def test_plan_smoke_test_verbatim(serve, df_env):
     # The embedded default (SQLite queue) runs its worker in-process by itself; Redis asks for one.
     embedded = "DF_QUEUE_URL" not in df_env
     server = serve(*(() if embedded else ("--worker",)), env={"DF_FAKE_STEP_DELAY_S": "0.03"})
-    curl = subprocess.run(["curl", "-sS", "-i", f"{server.url}/v1/jobs", "-H",  # noqa: S603, S607
+    curl = subprocess.run(["curl", "-sS", "-i", f"{server.url}/v1/jobs", "-H",
                            "Content-Type: application/json", "-d", SMOKE_BODY],
                           capture_output=True, text=True, timeout=30)
     head, _, body = curl.stdout.replace("\r\n", "\n").partition("\n\n")
@@ -335,5 +335,5 @@ def test_server_binds_loopback_by_default(df_env):
 
 
 def test_openapi_document_is_current():
-    result = subprocess.run(df_command("openapi", "--check"), cwd=ROOT, capture_output=True, text=True)  # noqa: S603
+    result = subprocess.run(df_command("openapi", "--check"), cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

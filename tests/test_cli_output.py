@@ -165,7 +165,7 @@ def test_watch_says_when_no_worker_runs(df_env, tmp_path):
     svc.close()
     import os
 
-    proc = subprocess.Popen(df_command("jobs", "watch", job_id), env={**os.environ, **df_env},  # noqa: S603
+    proc = subprocess.Popen(df_command("jobs", "watch", job_id), env={**os.environ, **df_env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
