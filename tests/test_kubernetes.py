@@ -18,11 +18,16 @@ from typing import Any
 import pytest
 import yaml
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-jsonschema = pytest.importorskip("jsonschema")
+from dreamforge.queue import make_huey
+from dreamforge.settings import SECRET_NAMES, Settings
 
-from dreamforge.queue import make_huey  # noqa: E402
-from dreamforge.settings import SECRET_NAMES, Settings  # noqa: E402
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    # In CI the dev extra has them: a missing one is a failure, not a skip.
+    import jsonschema
+    import kubernetes_validate
+else:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    jsonschema = pytest.importorskip("jsonschema")
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -185,8 +190,8 @@ def test_renders_what_kubectl_kustomize_renders(directory: Path) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed: the test renderer's output is not cross-checked")
-    out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([kubectl, "kustomize", str(directory)], check=False, capture_output=True,
+                         text=True, timeout=60)
     assert out.returncode == 0, out.stderr
 
     def keyed(docs):
@@ -310,15 +315,6 @@ def test_keda_scales_the_worker_on_huey_redis_list(directory: Path, monkeypatch)
     assert {ref["parameter"] for ref in auth["secretTargetRef"]} >= {"address"}
 
 
-def test_worker_drain_test_would_catch_a_short_grace(monkeypatch) -> None:
-    docs = copy.deepcopy(rendered(BASE))
-    worker = one(docs, "Deployment", "dreamforge-worker")
-    settings = settings_for(docs, container(worker), monkeypatch)
-    worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 30  # Kubernetes' default
-    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] < \
-        settings.shutdown_grace_s + HAND_BACK_MARGIN_S
-
-
 # ---- the API ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("directory", TARGETS, ids=lambda p: str(p.relative_to(KUBE)))
@@ -394,7 +390,7 @@ def test_secret_example_is_in_no_kustomization() -> None:
 
 def _dockerfile_user(name: str) -> tuple[int, int]:
     text = (ROOT / "containers" / name).read_text()
-    (user,) = re.findall(r"^USER\s+(\d+):(\d+)\s*$", text, re.M)
+    (user,) = re.findall(r"^USER\s+(\d+):(\d+)\s*$", text, re.MULTILINE)
     return int(user[0]), int(user[1])
 
 
