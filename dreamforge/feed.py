@@ -1,0 +1,119 @@
+"""The event feed: one tail of the job store's events per API process, shared by every stream.
+
+A stream (SSE, the web page, a long poll) waits on the feed instead of querying the store, so an
+idle stream costs nothing and a new event costs one query per process however many clients watch.
+The feed learns that something happened from a wake-up where the store has one (PostgreSQL
+``LISTEN/NOTIFY``, fired by a trigger on the events table) and by polling where it hasn't (SQLite);
+either way it reads the events table by id, so a missed wake-up delays an event, never loses it.
+Each event is kept in a bounded ring; a stream whose cursor fell behind the ring reads the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+
+from dreamforge.errors import DreamForgeError
+
+if TYPE_CHECKING:
+    from dreamforge.job_store import JobStore
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "dreamforge_events"
+
+
+class EventFeed:
+    def __init__(self, job_store: JobStore, *, poll_s: float = 0.05, ring: int = 20_000):
+        self.job_store = job_store
+        self.poll_s = poll_s
+        self._ring: deque[dict[str, Any]] = deque(maxlen=ring)
+        self._last_id = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listen = job_store.url.startswith("postgresql")
+
+    @property
+    def last_id(self) -> int:
+        return self._last_id
+
+    async def start(self) -> None:
+        self._last_id = await run_in_threadpool(self.job_store.last_event_id)
+        self._task = asyncio.create_task(self._run(), name="df-event-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait(self, after_id: int, timeout: float) -> bool:
+        """Wait until an event newer than ``after_id`` is known, at most ``timeout`` seconds.
+        True if there is one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._last_id <= after_id:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
+        return True
+
+    def since(self, after_id: int) -> list[dict[str, Any]] | None:
+        """Events newer than ``after_id`` from the ring, oldest first; None when the ring no
+        longer reaches back that far (then the caller reads the store)."""
+        if not self._ring or self._ring[0]["id"] > after_id + 1:
+            return None if after_id < self._last_id else []
+        return [e for e in self._ring if e["id"] > after_id]
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self._listen:
+                    await self._listen_loop()
+                else:
+                    await self._poll_loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store went away: keep trying, streams just wait
+                message = exc.message if isinstance(exc, DreamForgeError) else f"{type(exc).__name__}: {exc}"
+                log.warning("event feed: %s; retrying in 1 s", message)
+                await asyncio.sleep(1.0)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await self._read_new()
+            await asyncio.sleep(self.poll_s)
+
+    async def _listen_loop(self) -> None:
+        import psycopg
+
+        url = self.job_store.engine.url.set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(f"LISTEN {CHANNEL}")
+            await self._read_new()  # what happened before the LISTEN took effect
+            while True:
+                # The notifications only wake the feed; the events table is what it reads. The
+                # timeout bounds how late an event can be if a notification is ever lost.
+                async for _ in conn.notifies(timeout=1.0, stop_after=1):
+                    pass
+                await self._read_new()
+
+    async def _read_new(self) -> None:
+        new = await run_in_threadpool(self.job_store.events_after, self._last_id, 1000)
+        if not new:
+            return
+        self._ring.extend(new)
+        self._last_id = new[-1]["id"]
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        if len(new) == 1000:
+            await self._read_new()
