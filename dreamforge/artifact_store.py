@@ -98,7 +98,8 @@ class LocalStore:
             write_atomically(path, data)
         except OSError as exc:
             what = "out of disk space" if out_of_space(exc) else (exc.strerror or str(exc))
-            raise StorageError(f"could not write {path}: {what}",
+            # The key, not the path: the message goes to the job's record and API clients.
+            raise StorageError(f"could not write {key}: {what}",
                                details={"out_of_space": out_of_space(exc)}) from exc
 
     def delete(self, key: str) -> None:
@@ -109,7 +110,7 @@ class LocalStore:
             for partial in path.parent.glob(partial_prefix(path) + "*"):
                 partial.unlink(missing_ok=True)
         except OSError as exc:
-            raise StorageError(f"could not remove {path}: {exc.strerror or exc}") from exc
+            raise StorageError(f"could not remove {key}: {exc.strerror or exc}") from exc
 
     def get(self, key: str) -> bytes:
         try:

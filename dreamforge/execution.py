@@ -208,8 +208,8 @@ class Executor:
         else:
             jlog.warning("the image is kept at %s (`df artifacts retry` uploads it)", kept)
             failure = JobFailure("storage_error",
-                                 "the artifact store failed; the image is kept on the worker "
-                                 "and `df artifacts retry` there uploads it", {"kept": True})
+                                 f"{exc.message}; the image is kept on the worker and `df artifacts "
+                                 "retry` there uploads it", {**(exc.details or {}), "kept": True})
         return self._fail(fence, failure, jlog, unwritten_upload=key)
 
     def _fail(self, fence: Fence, failure: JobFailure, jlog: JobLogger,

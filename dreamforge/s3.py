@@ -84,6 +84,10 @@ class S3Store:
     def describe(self) -> str:
         return f"s3://{self.bucket} at {self.endpoint_url or 'AWS S3'}"
 
+    def _public(self, text: str) -> str:
+        """Text fit for the job's record: the endpoint's address replaced by a word."""
+        return text.replace(self.endpoint_url, "the endpoint") if self.endpoint_url else text
+
     def _with_retries(self, what: str, call: Any) -> Any:
         delay = self.backoff_s
         for attempt in range(1, self.attempts + 1):
@@ -91,11 +95,14 @@ class S3Store:
                 return call()
             except (ClientError, BotoCoreError) as exc:
                 if attempt == self.attempts or not _retryable(exc):
+                    # The message travels to the job's record and API clients: it names the
+                    # bucket, never the endpoint (the log line has that).
+                    log.error("%s at %s failed after %d attempt(s): %s", what, self.describe(), attempt,
+                              _describe_error(exc))
                     raise StorageError(
-                        f"{what} at {self.describe()} failed after {attempt} attempt(s): "
-                        f"{_describe_error(exc)}",
-                        details={"endpoint": self.endpoint_url, "bucket": self.bucket,
-                                 "attempts": attempt}) from None
+                        f"{what} in bucket {self.bucket!r} failed after {attempt} attempt(s): "
+                        f"{self._public(_describe_error(exc))}",
+                        details={"bucket": self.bucket, "attempts": attempt}) from None
                 log.warning("%s failed (attempt %d of %d), retrying in %.1f s: %s", what, attempt,
                             self.attempts, delay, _describe_error(exc))
                 time.sleep(delay)
@@ -113,9 +120,9 @@ class S3Store:
                     raise
                 if not self.create_bucket:
                     raise StorageError(
-                        f"bucket {self.bucket!r} does not exist at {self.endpoint_url or 'AWS S3'} "
+                        f"bucket {self.bucket!r} does not exist "
                         "and DF_S3_CREATE_BUCKET is off: create it (private) or allow creating it",
-                        details={"endpoint": self.endpoint_url, "bucket": self.bucket}) from None
+                        details={"bucket": self.bucket}) from None
                 # No ACL argument: the bucket is private, as S3 and MinIO make it by default.
                 self._with_retries("creating the bucket", self._create)
                 log.info("created private bucket %s", self.describe())

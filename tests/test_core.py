@@ -94,10 +94,10 @@ def test_jobs_list_show_watch_status_json(df_env):
                      "--seed", str(seed), "--wait", "--json")
         assert r.exit_code == 0, r.output
         ids.append(json.loads(r.stdout)["id"])
-    listed = json.loads(cli.invoke(app, ["jobs", "list", "--json"]).stdout)
+    listed = json.loads(cli.invoke(app, ["jobs", "list", "--json"]).stdout)["jobs"]
     assert {j["id"] for j in listed} == set(ids)
     only_failed = json.loads(cli.invoke(app, ["jobs", "list", "--status", "failed", "--json"]).stdout)
-    assert only_failed == []
+    assert only_failed["jobs"] == []
     shown = cli.invoke(app, ["jobs", "show", ids[0], "--json"])
     assert shown.exit_code == 0 and json.loads(shown.stdout)["params"]["seed"] == 1
     human = cli.invoke(app, ["jobs", "show", ids[0]])

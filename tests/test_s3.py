@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import time
+from pathlib import Path
 
 import boto3
 import httpx
@@ -20,6 +21,7 @@ from dreamforge.errors import StorageError
 from dreamforge.schemas import parse_request
 from dreamforge.service import JobService
 from dreamforge.settings import Settings
+from dreamforge.spool import Spool
 from tests.conftest import s3_settings_env
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer
 
@@ -95,7 +97,7 @@ def test_bucket_creation_can_be_forbidden(s3_env, monkeypatch):
     view = JobService.from_settings(Settings()).list_jobs()[0]
     assert view.error.code == "storage_error"
     assert repr(bucket_of(s3_env)) in view.error.message and "DF_S3_CREATE_BUCKET" in view.error.message
-    assert view.error.details["spool_path"]
+    assert view.error.details["kept"] and Spool(Settings().spool_dir).entries()
 
 
 def test_wrong_credentials_fail_without_leaking_and_spool_then_retry(s3_env, monkeypatch, seaweed):
@@ -106,11 +108,12 @@ def test_wrong_credentials_fail_without_leaking_and_spool_then_retry(s3_env, mon
     assert "not-the-secret-xyz" not in r.output and SECRET_KEY not in r.output
     view = JobService.from_settings(Settings()).list_jobs()[0]
     assert view.status.value == "failed" and view.error.code == "storage_error"
-    assert seaweed.endpoint in view.error.message and bucket_of(s3_env) in view.error.message
-    assert "not-the-secret-xyz" not in json.dumps(view.model_dump(mode="json"))
-    spooled = view.error.details["spool_path"]
-    from pathlib import Path
-
+    assert bucket_of(s3_env) in view.error.message and "HTTP 403" in view.error.message
+    recorded = json.dumps(view.model_dump(mode="json"))
+    assert "not-the-secret-xyz" not in recorded
+    assert seaweed.endpoint not in recorded and str(Settings().data_dir) not in recorded  # no server insides
+    [entry] = Spool(Settings().spool_dir).entries()
+    spooled = str(entry.path)
     image = Path(spooled).read_bytes()
     assert hashlib.sha256(image).hexdigest() == json.loads(Path(spooled + ".json").read_text())["artifact"]["sha256"]
 
