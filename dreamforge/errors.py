@@ -5,6 +5,7 @@ DreamForgeError
 ├── InvalidRequest          bad input (422 / exit 2)
 ├── JobNotFound             unknown job id (404 / exit 1)
 ├── IdempotencyConflict     same key, other body (409)
+├── JobStateError           the job is not in a state that allows this (409; e.g. job_not_cancelable)
 ├── BackendUnavailable      job store or queue unreachable (503)
 ├── StorageError            artifact store failed (job code storage_error)
 └── RunnerError             generation failed; `code` is the job's error code
@@ -43,6 +44,10 @@ class JobNotFound(DreamForgeError):
 
 class IdempotencyConflict(DreamForgeError):
     code = "idempotency_conflict"
+
+
+class JobStateError(DreamForgeError):
+    code = "job_state_conflict"
 
 
 class BackendUnavailable(DreamForgeError):

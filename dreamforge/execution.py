@@ -32,6 +32,9 @@ from dreamforge.tables import utcnow
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A 150-step job on a fast GPU would otherwise write 30 progress rows a second.
+PROGRESS_EVERY_S = 0.25
+CANCEL_CHECK_S = 0.1
 
 
 class LostJob(Exception):
@@ -40,12 +43,29 @@ class LostJob(Exception):
 
 class JobLogger(logging.LoggerAdapter):
     """Prefixes each line with the job and its request id. Both are data from outside: they are
-    escaped for %-formatting, so a ``%`` in a request id can't become a format directive."""
+    escaped for %-formatting, so a ``%`` in a request id can't become a format directive.
+
+    Warnings and errors also go into the job's own log (``GET /v1/jobs/{id}/logs``) through
+    ``record``, a fenced write: a worker that lost the job adds nothing to it. Info lines need
+    no copy there: each is a status move the job's events already hold."""
+
+    def __init__(self, logger: logging.Logger, extra: dict[str, Any],
+                 record: Callable[[str, str], object] | None = None):
+        super().__init__(logger, extra)
+        self.record = record
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
         prefix = f"[job={extra.get('job_id')} request_id={extra.get('correlation_id')}] "
         return prefix.replace("%", "%%") + str(msg), kwargs
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        super().log(level, msg, *args, **kwargs)
+        if self.record is not None and level >= logging.WARNING:
+            try:
+                self.record(logging.getLevelName(level).lower(), str(msg) % args if args else str(msg))
+            except DreamForgeError:
+                pass  # the worker's own log has the line; the job's is best effort
 
 
 class Executor:
@@ -94,7 +114,9 @@ class Executor:
         if claim is None:
             log.info("[job=%s] not queued any more: duplicate delivery dropped", job_id)
             return None
-        jlog = JobLogger(log, {"job_id": job_id, "correlation_id": claim.correlation_id or "-"})
+        fence = claim.fence
+        jlog = JobLogger(log, {"job_id": job_id, "correlation_id": claim.correlation_id or "-"},
+                         record=lambda level, message: self.service.job_log(fence, level, message))
         jlog.info("started (attempt %d) on %s", claim.fence.attempt, self.worker_id)
         with self._lock:
             self._held[job_id] = claim.fence
@@ -108,6 +130,9 @@ class Executor:
         try:
             return self._generate_and_store(fence, params, jlog)
         except LostJob:
+            if self.service.job_store.job_state(fence.job_id) == "canceled":
+                log.info("[job=%s] canceled: the run stopped and stored nothing", fence.job_id)
+                return "canceled"
             jlog.warning("lost the job to another worker; dropping this run")
             return None
         except RunnerError as exc:
@@ -130,9 +155,23 @@ class Executor:
         generation = Generation(**{k: v for k, v in request.model_dump().items()
                                    if k in Generation.__dataclass_fields__})
 
+        written = checked = 0.0
+
         def on_progress(current: int, total: int) -> None:
+            # Coalesced: at most one progress write per PROGRESS_EVERY_S, and always the last
+            # step. Between writes, a cheap read every CANCEL_CHECK_S notices a cancel (or a
+            # reclaim) within a step and that long.
+            nonlocal written, checked
+            now = time.monotonic()
             try:
-                held = service.progress(fence, current, total)
+                if current >= total or now - written >= PROGRESS_EVERY_S:
+                    held = service.progress(fence, current, total)
+                    written = checked = now
+                elif now - checked >= CANCEL_CHECK_S:
+                    held = service.holds(fence)
+                    checked = now
+                else:
+                    return
             except BackendUnavailable as exc:
                 # Progress is best effort: the image is worth more than the bar.
                 jlog.warning("progress not recorded: %s", exc.message)

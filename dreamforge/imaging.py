@@ -48,3 +48,12 @@ def read_parameters(data: bytes) -> dict[str, Any] | None:
         text = img.info.get(METADATA_KEY) if img.format == "PNG" else \
             img.getexif().get(EXIF_IMAGE_DESCRIPTION)
     return json.loads(text) if text else None
+
+
+def thumbnail(data: bytes, size: int) -> bytes:
+    """A small WebP of an encoded image: at most ``size`` pixels on its longer side."""
+    image = Image.open(io.BytesIO(data))
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="WEBP", quality=80, method=4)
+    return buf.getvalue()

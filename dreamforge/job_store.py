@@ -31,8 +31,9 @@ from sqlmodel import SQLModel
 
 from dreamforge.errors import BackendUnavailable, ConfigError, IdempotencyConflict, JobNotFound
 from dreamforge.moves import RUNNING, Fence, Move
-from dreamforge.status import JobStatus
+from dreamforge.status import JobStatus, is_job_id
 from dreamforge.tables import Artifact, Event, Job, Lease, Step, Upload, Worker, utcnow
+from dreamforge.text import cut
 
 jobs, steps, events, artifacts, workers, uploads, leases = (
     t.__table__ for t in (Job, Step, Event, Artifact, Worker, Upload, Lease)  # type: ignore[union-attr]
@@ -44,6 +45,14 @@ SCHEMA_LOCK_KEY = 0x0D_F5_C4_E3A
 # PostgreSQL session limits: nothing waits on a lock, a statement or a stalled client forever.
 PG_SESSION = {"lock_timeout": "5s", "statement_timeout": "30s",
               "idle_in_transaction_session_timeout": "60s"}
+# Each transaction that records events wakes the API processes' event feeds (see feed.py); the
+# feeds then read the events table, so a lost notification delays an event and loses nothing.
+PG_NOTIFY_FUNCTION = """
+CREATE OR REPLACE FUNCTION dreamforge_events_notify() RETURNS trigger AS $$
+BEGIN PERFORM pg_notify('dreamforge_events', ''); RETURN NULL; END $$ LANGUAGE plpgsql"""
+PG_NOTIFY_TRIGGER = """
+CREATE OR REPLACE TRIGGER dreamforge_events_notify AFTER INSERT ON events
+FOR EACH STATEMENT EXECUTE FUNCTION dreamforge_events_notify()"""
 PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                  "keepalives_count": 3, "connect_timeout": 5}
 
@@ -57,18 +66,6 @@ def aware(value: datetime | None) -> datetime | None:
 
 def _plain(row: Any) -> dict[str, Any]:
     return {k: aware(v) if isinstance(v, datetime) else v for k, v in dict(row).items()}
-
-
-def is_job_id(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except (ValueError, AttributeError, TypeError):
-        return False
-
-
-def cut(value: str, limit: int = 80) -> str:
-    """A value from outside, short enough to echo in a message."""
-    return value if len(value) <= limit else value[:limit] + f"… ({len(value)} characters)"
 
 
 def make_engine(url: str, pool_size: int = 5, max_overflow: int = 10,
@@ -136,12 +133,19 @@ class JobStore:
 
     # -- plumbing -------------------------------------------------------------------------------
     def create_schema(self) -> None:
-        """Create missing tables. Safe when many processes start at once: on PostgreSQL they
-        queue on an advisory lock; on SQLite, on the write lock of BEGIN IMMEDIATE."""
+        """Create missing tables and indexes (and, on PostgreSQL, the trigger that wakes event
+        feeds). Safe when many processes start at once: on PostgreSQL they queue on an advisory
+        lock; on SQLite, on the write lock of BEGIN IMMEDIATE."""
         with self.write() as conn:
             if self._postgres:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
             SQLModel.metadata.create_all(conn)
+            for table in SQLModel.metadata.sorted_tables:  # create_all skips existing tables' indexes
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
+            if self._postgres:
+                conn.exec_driver_sql(PG_NOTIFY_FUNCTION)
+                conn.exec_driver_sql(PG_NOTIFY_TRIGGER)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -279,7 +283,7 @@ class JobStore:
             if move.failure is not None:
                 values.update(error_code=move.failure.code, error_message=move.failure.message,
                               error_details=move.failure.details)
-            else:
+            elif target is JobStatus.succeeded:
                 step_values.update(progress_current=steps.c.progress_total)
         with self.write() as conn:
             row = conn.execute(jobs.update().where(*where).values(**values).returning(
@@ -315,6 +319,15 @@ class JobStore:
             conn.execute(steps.update().where(steps.c.job_id == fence.job_id)
                          .values(seed=params["seed"]))
             self._event(conn, fence.job_id, "log", {"message": "seed chosen", "seed": params["seed"]})
+        return True
+
+    def job_log(self, fence: Fence, level: str, message: str) -> bool:
+        """A line of the job's own log, from its holder."""
+        with self.write() as conn:
+            if not conn.execute(jobs.update().where(self._fenced(fence))
+                                .values(heartbeat_at=self._now())).rowcount:
+                return False
+            self._event(conn, fence.job_id, "log", {"level": level, "message": message})
         return True
 
     def progress(self, fence: Fence, current: int, total: int) -> bool:
@@ -430,19 +443,41 @@ class JobStore:
     def job(self, job_id: str) -> dict[str, Any]:
         """The job with its steps and artifacts, as plain dicts."""
         if not is_job_id(job_id):
-            raise JobNotFound(f"no job with id {cut(job_id)!r}")
+            raise JobNotFound(f"no job with id {cut(job_id, 80)!r}")
         with self.read() as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().one_or_none()
             if row is None:
                 raise JobNotFound(f"no job with id {job_id!r}")
             return self._assemble(conn, [row])[0]
 
-    def list_jobs(self, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        query = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
-        if status:
-            query = query.where(jobs.c.status == status)
+    def list_jobs(self, statuses: list[str] | None = None, job_type: str | None = None, *,
+                  created_after: datetime | None = None, created_before: datetime | None = None,
+                  before: tuple[datetime, str] | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Newest first, by (created_at, id) descending; ``before`` is the key of the last job of
+        the previous page (keyset paging: stable while new jobs arrive, and one index range
+        per page whatever the filters, since each filter has an index ending in that key)."""
+        query = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+        if statuses:
+            query = query.where(jobs.c.status.in_(statuses))
+        if job_type:
+            query = query.where(jobs.c.type == job_type)
+        if created_after is not None:
+            query = query.where(jobs.c.created_at > created_after)
+        if created_before is not None:
+            query = query.where(jobs.c.created_at < created_before)
+        if before is not None:
+            query = query.where(sa.tuple_(jobs.c.created_at, jobs.c.id) < sa.tuple_(*before))
         with self.read() as conn:
             return self._assemble(conn, conn.execute(query).mappings().all())
+
+    def job_state(self, job_id: str) -> str | None:
+        with self.read() as conn:
+            return conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+
+    def holds(self, fence: Fence) -> bool:
+        """Whether the holder still holds the job (a cancel or a reclaim takes it away)."""
+        with self.read() as conn:
+            return conn.execute(sa.select(jobs.c.id).where(self._fenced(fence))).first() is not None
 
     def _assemble(self, conn: Connection, rows: Any) -> list[dict[str, Any]]:
         """Jobs with their steps and artifacts: two queries, then grouped by job id (linear)."""
@@ -458,11 +493,23 @@ class JobStore:
                 by_job[a["job_id"]]["artifacts"].append(dict(a))
         return [{**_plain(r), **by_job[r["id"]]} for r in rows]
 
-    def events(self, job_id: str) -> list[dict[str, Any]]:
+    def events(self, job_id: str, after_id: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        query = sa.select(events).where(events.c.job_id == job_id, events.c.id > after_id).order_by(events.c.id)
         with self.read() as conn:
-            rows = conn.execute(sa.select(events).where(events.c.job_id == job_id)
-                                .order_by(events.c.id)).mappings().all()
+            rows = conn.execute(query.limit(limit) if limit else query).mappings().all()
         return [_plain(r) for r in rows]
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every job's events after ``after_id``, oldest first, each with its job's type."""
+        query = (sa.select(events, jobs.c.type.label("job_type"))
+                 .join(jobs, jobs.c.id == events.c.job_id)
+                 .where(events.c.id > after_id).order_by(events.c.id).limit(limit))
+        with self.read() as conn:
+            return [_plain(r) for r in conn.execute(query).mappings().all()]
+
+    def last_event_id(self) -> int:
+        with self.read() as conn:
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0))).scalar_one())
 
     def counts(self) -> dict[str, int]:
         with self.read() as conn:

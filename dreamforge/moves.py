@@ -6,8 +6,10 @@ decides nothing. A move that finds the job no longer where the move expects it (
 won, the holder lost it, a reaper took it) simply doesn't happen.
 
     queued ──claim──► running ──succeed──► succeeded
-      ▲                 │ │
-      └──hand back──────┘ └──fail──► failed ──recover (storage_error only)──► succeeded
+      ▲  │              │ │ │
+      │  │  hand back   │ │ └──fail──► failed ──recover (storage_error only)──► succeeded
+      └──┼──────────────┘ │
+         └──cancel────────┴──cancel──► canceled
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any
 
 from dreamforge.status import JobStatus
 
-QUEUED, RUNNING, SUCCEEDED, FAILED = (JobStatus.queued, JobStatus.running, JobStatus.succeeded,
-                                      JobStatus.failed)
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = (JobStatus.queued, JobStatus.running, JobStatus.succeeded,
+                                                JobStatus.failed, JobStatus.canceled)
 
 # The only moves there are. ``Move.__post_init__`` refuses any other, so a new status or move is
 # added here first, and every caller learns of it from this table.
@@ -28,6 +30,8 @@ LEGAL: dict[tuple[JobStatus, JobStatus], str] = {
     (RUNNING, SUCCEEDED): "the holder stored every image",
     (RUNNING, FAILED): "the holder failed it, or its holder went silent on the last attempt",
     (FAILED, SUCCEEDED): "an operator uploaded the spooled image of a storage_error job",
+    (QUEUED, CANCELED): "a client canceled the job before any worker took it",
+    (RUNNING, CANCELED): "a client canceled the job; its holder stops at its next step",
 }
 
 # Failures that say nothing about the job itself (its runner process died or hung, its worker
@@ -81,7 +85,9 @@ class Move:
             raise ValueError("a claim names its claimant")
         if self.target is FAILED and self.failure is None:
             raise ValueError("a failure carries its code and message")
-        if self.source is RUNNING and self.fence is None:
+        if self.source is RUNNING and self.fence is None and self.target is not CANCELED:
+            # A cancel comes from a client, not the holder: it takes the job from whoever holds it,
+            # and the holder learns of it when its next fenced write is refused.
             raise ValueError("a move out of running names the holder it expects (a fence)")
 
 
@@ -98,6 +104,10 @@ def succeed(fence: Fence, artifact: dict[str, Any], timings: dict[str, float]) -
 def hand_back(fence: Fence, reason: str) -> Move:
     """The holder gives the job back (a graceful stop past its grace period): not the job's fault."""
     return Move(fence.job_id, RUNNING, QUEUED, fence=fence, note={"reason": reason})
+
+
+def cancel(job_id: str, source: JobStatus, reason: str | None = None) -> Move:
+    return Move(job_id, source, CANCELED, note={"reason": reason} if reason else {})
 
 
 def recover(job_id: str, artifact: dict[str, Any]) -> Move:

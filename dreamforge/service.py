@@ -12,18 +12,29 @@ the artifact store's client libraries.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from dreamforge import moves
-from dreamforge.errors import DreamForgeError, StorageError
+from dreamforge.errors import (
+    BackendUnavailable,
+    DreamForgeError,
+    InvalidRequest,
+    JobNotFound,
+    JobStateError,
+    StorageError,
+)
 from dreamforge.moves import Fence, JobFailure
 from dreamforge.schemas import GenerateRequest, JobView
 from dreamforge.settings import Settings
+from dreamforge.status import JobStatus, is_job_id
+from dreamforge.text import cut
 
 if TYPE_CHECKING:
     from dreamforge.artifact_store import ArtifactStore
@@ -41,6 +52,44 @@ def _sha256(text: str) -> str:
 class Submitted:
     view: JobView
     created: bool
+
+
+@dataclass
+class JobPage:
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+def encode_cursor(created_at: datetime, job_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(created), str(job_id)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("cursor is not one this server gave out",
+                             details=[{"field": "cursor", "message": "use next_cursor as given"}]) from exc
+
+
+def log_line(event: dict[str, Any]) -> dict[str, Any] | None:
+    """An event as a log line, or None for progress (the bar, not the log)."""
+    payload, kind = event["payload"], event["kind"]
+    if kind == "progress":
+        return None
+    if kind == "log":
+        level = payload.get("level", "info")
+        extra = {k: v for k, v in payload.items() if k not in ("level", "message")}
+        message = payload.get("message", "") + "".join(f" {k}={v}" for k, v in extra.items())
+    elif kind == "error":
+        level, message = "error", f"{payload.get('code')}: {payload.get('message')}"
+    else:
+        level = "info"
+        extra = {k: v for k, v in payload.items() if k not in ("status", "timings")}
+        message = f"status {payload.get('status')}" + "".join(f" {k}={v}" for k, v in extra.items())
+    return {"id": event["id"], "at": event["at"], "level": level, "message": message}
 
 
 @dataclass
@@ -109,6 +158,25 @@ class JobService:
                 raise
         return Submitted(self._view(job), created)
 
+    def cancel(self, job_id: str) -> JobView:
+        """queued → canceled at once (no worker will run it); running → canceled, and its holder
+        stops at its next step, storing nothing. A job canceled already gives the same answer
+        again; one that succeeded or failed can't be canceled (JobStateError)."""
+        for _ in range(3):  # the job may move between the read and the move: read it again
+            state = self.job_store.job_state(job_id) if is_job_id(job_id) else None
+            if state is None:
+                raise JobNotFound(f"no job with id {cut(job_id, 80)!r}")
+            source = JobStatus(state)
+            if source is JobStatus.canceled:
+                return self.get(job_id)
+            if source.is_terminal():
+                raise JobStateError(f"job {job_id} has {source.value} and can't be canceled",
+                                    code="job_not_cancelable", details={"status": source.value})
+            if self.job_store.apply(moves.cancel(job_id, source)) is not None:
+                log.info("[job=%s] canceled while %s", job_id, source.value)
+                return self.get(job_id)
+        raise BackendUnavailable("the job kept changing state; try again")
+
     def retry_spooled(self) -> list[dict[str, Any]]:
         """Upload the images a failed upload left in the spool, and finish their jobs."""
         from dreamforge.spool import Spool
@@ -133,12 +201,64 @@ class JobService:
     def get(self, job_id: str) -> JobView:
         return self._view(self.job_store.job(job_id))
 
-    def list_jobs(self, status: str | None = None, limit: int = 20) -> list[JobView]:
-        return [self._view(j) for j in self.job_store.list_jobs(status, limit)]
+    def list_jobs(self, status: str | list[str] | None = None, limit: int = 20) -> list[JobView]:
+        return self.page_jobs(status, limit=limit).jobs
 
-    def events(self, job_id: str) -> list[dict[str, Any]]:
+    def page_jobs(self, statuses: str | list[str] | None = None, job_type: str | None = None, *,
+                  created_after: datetime | None = None, created_before: datetime | None = None,
+                  cursor: str | None = None, limit: int = 20) -> JobPage:
+        """One page of jobs, newest first, and the cursor of the next page (None at the end)."""
+        if isinstance(statuses, str):
+            statuses = [statuses]
+        rows = self.job_store.list_jobs(statuses, job_type, created_after=created_after,
+                                        created_before=created_before,
+                                        before=decode_cursor(cursor) if cursor else None,
+                                        limit=limit + 1)
+        more, rows = len(rows) > limit, rows[:limit]
+        next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+        return JobPage([self._view(j) for j in rows], next_cursor)
+
+    def events(self, job_id: str, after_id: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """The job's history after event ``after_id``, oldest first."""
         self.job_store.job(job_id)  # raises JobNotFound
-        return self.job_store.events(job_id)
+        return self.job_store.events(job_id, after_id, limit)
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every job's events after ``after_id`` (with ``job_type``), oldest first."""
+        return self.job_store.events_after(after_id, limit)
+
+    def logs(self, job_id: str, after_id: int = 0) -> list[dict[str, Any]]:
+        """The job's own log lines: what its workers logged about it, its errors, its moves."""
+        return [line for e in self.events(job_id, after_id) if (line := log_line(e)) is not None]
+
+    def artifact(self, job_id: str, item: int) -> dict[str, Any]:
+        """One stored artifact of the job (its row); JobNotFound if the job or item isn't there."""
+        job = self.job_store.job(job_id)
+        for art in job["artifacts"]:
+            if art["item_index"] == item:
+                return art
+        raise JobNotFound(f"job {job_id} has no artifact {item}", code="artifact_not_found")
+
+    def presigned_url(self, s3_key: str) -> str | None:
+        """A URL a client can fetch the object from directly (S3), or None (a local folder)."""
+        url = self.artifact_store.locate(s3_key).get("url", "")
+        return url if url.startswith(("http://", "https://")) else None
+
+    def thumbnail(self, s3_key: str, size: int) -> bytes:
+        """A WebP at most ``size`` pixels on its longer side, made once and kept beside the artifact."""
+        from dreamforge.imaging import thumbnail
+
+        key = f"{s3_key}.thumb-{size}.webp"
+        try:
+            return self.artifact_store.get(key)
+        except StorageError:
+            pass
+        data = thumbnail(self.artifact_store.get(s3_key), size)
+        try:
+            self.artifact_store.put(key, data, "image/webp", hashlib.sha256(data).hexdigest())
+        except StorageError as exc:
+            log.warning("thumbnail of %s not kept: %s", s3_key, exc.message)
+        return data
 
     def live_workers(self) -> list[dict[str, Any]]:
         return self.job_store.live_workers(self.settings.worker_timeout_s)
@@ -203,6 +323,12 @@ class JobService:
 
     def progress(self, fence: Fence, current: int, total: int) -> bool:
         return self.job_store.progress(fence, current, total)
+
+    def holds(self, fence: Fence) -> bool:
+        return self.job_store.holds(fence)
+
+    def job_log(self, fence: Fence, level: str, message: str) -> bool:
+        return self.job_store.job_log(fence, level, message)
 
     def begin_upload(self, fence: Fence, key: str) -> bool | None:
         return self.job_store.begin_upload(fence, key)

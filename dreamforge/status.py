@@ -4,6 +4,7 @@ offer ``--status`` choices without importing the wire models."""
 from __future__ import annotations
 
 import enum
+import uuid
 
 
 class JobStatus(enum.StrEnum):
@@ -11,6 +12,15 @@ class JobStatus(enum.StrEnum):
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
+    canceled = "canceled"
 
     def is_terminal(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed)
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+def is_job_id(value: str) -> bool:
+    """Job ids are canonical UUIDs; anything else names no job and never reaches the database."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, AttributeError, TypeError):
+        return False

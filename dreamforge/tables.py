@@ -23,6 +23,13 @@ def _json(**kw: Any) -> Any:
 
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
+    # Listing pages by (created_at, id), newest first, with or without a filter: each filter has
+    # an index that ends in that key, so a page is one index range at any table size.
+    __table_args__ = (
+        sa.Index("ix_jobs_created_id", "created_at", "id"),
+        sa.Index("ix_jobs_status_created_id", "status", "created_at", "id"),
+        sa.Index("ix_jobs_type_created_id", "type", "created_at", "id"),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     type: str = Field(max_length=32)
@@ -59,6 +66,7 @@ class Step(SQLModel, table=True):
 
 class Event(SQLModel, table=True):
     __tablename__ = "events"
+    __table_args__ = (sa.Index("ix_events_job_id_id", "job_id", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(foreign_key="jobs.id", index=True, max_length=36, ondelete="CASCADE")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 POLL_S = 0.1
 # How often a watch asks whether any worker is still alive.
 LIVENESS_S = 1.0
-COLOURS = {"succeeded": "green", "failed": "red", "running": "yellow", "queued": "blue"}
+COLOURS = {"succeeded": "green", "failed": "red", "running": "yellow", "queued": "blue", "canceled": "magenta"}
 
 
 def cell(value: Any, limit: int | None = None, style: str = "") -> Text:

@@ -120,9 +120,9 @@ class ChildRunner:
                     try:
                         on_progress(message[1], message[2])
                     except BaseException:
-                        # Nobody wants this image any more; a fresh child is cheaper than a
-                        # protocol for cancelling mid-step.
-                        self._reap()
+                        # Nobody wants this image any more (canceled, or the job was lost):
+                        # the child stops at its next step and stays warm for the next job.
+                        self._interrupt()
                         raise
                 elif kind == "result":
                     from PIL import Image
@@ -131,6 +131,19 @@ class ChildRunner:
                     return GeneratedImage(Image.frombytes(mode, size, data), seed, model_s)
                 elif kind == "error":
                     raise RunnerError(message[2], code=message[1])
+
+    def _interrupt(self) -> None:
+        """Ask the child to stop the generation in progress; a child that doesn't answer within
+        a step's timeout is stopped the hard way (the next job starts a fresh one)."""
+        assert self._conn is not None
+        try:
+            self._conn.send(("interrupt",))
+            while True:
+                kind = self._receive(self.settings.step_timeout_s, "stopping a generation")[0]
+                if kind in ("interrupted", "result", "error"):
+                    return
+        except (RunnerError, OSError):
+            self._reap()
 
     def close(self) -> None:
         if not self._lock.acquire(timeout=5):

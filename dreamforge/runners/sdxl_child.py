@@ -1,7 +1,9 @@
 """The runner child's main loop: load once, then answer generate requests until told to stop.
 
 Messages to the parent: ("ready", description) | ("progress", current, total) |
-("result", mode, size, pixels, seed) | ("error", code, message[, details]).
+("result", mode, size, pixels, seed) | ("error", code, message[, details]) | ("interrupted",).
+From the parent: ("generate", request) | ("interrupt",) (stop the generation at its next step) |
+("stop",).
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from dreamforge.errors import RunnerError
+
+
+class Interrupted(Exception):
+    """Raised from the pipeline's step-end callback: the generation stops at once."""
 
 
 def main(conn: Connection, settings_data: dict[str, Any]) -> None:
@@ -36,6 +42,12 @@ def main(conn: Connection, settings_data: dict[str, Any]) -> None:
         conn.send(("error", exc.code, exc.message, exc.details))
         return
     conn.send(("ready", f"{model.describe()} (pid {os.getpid()})"))
+
+    def on_step(current: int, total: int) -> None:
+        conn.send(("progress", current, total))
+        if conn.poll() and conn.recv()[0] == "interrupt":
+            raise Interrupted
+
     while True:
         try:
             message = conn.recv()
@@ -43,11 +55,15 @@ def main(conn: Connection, settings_data: dict[str, Any]) -> None:
             return  # the parent went away
         if message[0] == "stop":
             return
+        if message[0] != "generate":
+            continue  # an interrupt that came after its generation had ended
         request = message[1]
         try:
-            image = model.generate(request, lambda c, t: conn.send(("progress", c, t)))
+            image = model.generate(request, on_step)
             conn.send(("result", image.image.mode, image.image.size, image.image.tobytes(), image.seed,
                        image.model_s))
+        except Interrupted:
+            conn.send(("interrupted",))
         except RunnerError as exc:
             conn.send(("error", exc.code, exc.message))
         except Exception as exc:  # keep the child alive for the next job

@@ -15,6 +15,7 @@ from dreamforge.errors import (
     IdempotencyConflict,
     InvalidRequest,
     JobNotFound,
+    JobStateError,
     StorageError,
 )
 from dreamforge.text import cut, inert
@@ -25,6 +26,7 @@ STATUS_FOR = {
     InvalidRequest: 422,
     JobNotFound: 404,
     IdempotencyConflict: 409,
+    JobStateError: 409,
     BackendUnavailable: 503,
     StorageError: 503,
 }
