@@ -141,6 +141,9 @@ class ArtifactView(BaseModel):
     url: str | None = Field(default=None, description="A presigned GET URL (S3); over HTTP, none for the "
                                                       "local store.")
     path: str | None = Field(default=None, description="The file's path, for the local store.")
+    content_url: str | None = Field(default=None, description="The image through the API (any store): "
+                                                              "/v1/jobs/{id}/artifacts/{item}/content.")
+    thumbnail_url: str | None = Field(default=None, description="A WebP of at most 256 pixels a side.")
 
 
 class JobError(BaseModel):

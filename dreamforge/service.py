@@ -38,6 +38,7 @@ from dreamforge.text import cut
 
 if TYPE_CHECKING:
     from dreamforge.artifact_store import ArtifactStore
+    from dreamforge.feed import EventFeed
     from dreamforge.job_store import JobStore
     from dreamforge.queue import JobQueue
 
@@ -239,6 +240,12 @@ class JobService:
                 return art
         raise JobNotFound(f"job {job_id} has no artifact {item}", code="artifact_not_found")
 
+    def event_feed(self) -> EventFeed:
+        """A tail of every job's events for this process's streams (start it in the event loop)."""
+        from dreamforge.feed import EventFeed
+
+        return EventFeed(self.job_store, poll_s=self.settings.event_poll_s)
+
     def presigned_url(self, s3_key: str) -> str | None:
         """A URL a client can fetch the object from directly (S3), or None (a local folder)."""
         url = self.artifact_store.locate(s3_key).get("url", "")
@@ -296,8 +303,10 @@ class JobService:
                 where = self.artifact_store.locate(a["s3_key"])
             except StorageError:
                 where = {}
+            content = f"/v1/jobs/{job['id']}/artifacts/{a['item_index']}/content"
             arts.append({k: a[k] for k in ("item_index", "seed", "width", "height", "format",
-                                           "s3_key", "size_bytes", "sha256")} | where)
+                                           "s3_key", "size_bytes", "sha256")} | where
+                        | {"content_url": content, "thumbnail_url": f"{content}?thumb=256"})
         error = None
         if job["error_code"]:
             error = {"code": job["error_code"], "message": job["error_message"],

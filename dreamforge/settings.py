@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     orphan_sweep_interval_s: float = Field(default=30.0, gt=0)
     # How fast an idle consumer polls a queue that cannot block (SQLite).
     poll_interval_s: float = Field(default=0.02, gt=0)
+    # How often an API process reads new events when the job store can't wake it (SQLite).
+    event_poll_s: float = Field(default=0.05, gt=0)
 
     # Connections each process keeps to PostgreSQL (see README, "Sizing the database"). Pre-ping
     # costs a round trip per checkout and finds connections a restarted server dropped.
