@@ -166,24 +166,29 @@ def s3_settings_env(endpoint: str, bucket: str | None = None) -> dict[str, str]:
 
 
 # -- the fault table: each reliability test records what it did and how its jobs ended ----------
-FAULT_ROWS: list[tuple[str, str, int, dict[str, int]]] = []
+# Rows travel on the test's report (user_properties), so they reach the summary from xdist workers.
 
 
 @pytest.fixture
 def fault_report(request: pytest.FixtureRequest):
     def record(fault: str, counts: dict[str, int]) -> None:
         backend = request.node.callspec.params.get("df_env", "-") if hasattr(request.node, "callspec") else "-"
-        FAULT_ROWS.append((fault, backend, sum(counts.values()), counts))
+        request.node.user_properties.append(("fault", (fault, backend, sum(counts.values()), dict(counts))))
 
     return record
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    if not FAULT_ROWS:
+    rows = [value for reports in terminalreporter.stats.values() for r in reports
+            if getattr(r, "when", None) == "call" for name, value in getattr(r, "user_properties", ())
+            if name == "fault"]
+    if not rows:
         return
     tr = terminalreporter
     tr.section("faults tried (jobs submitted → how they ended)")
-    tr.write_line(f"{'fault':<62}{'backend':<16}{'jobs':>5}{'succeeded':>11}{'failed':>8}{'queued':>8}{'running':>9}")
-    for fault, backend, total, counts in FAULT_ROWS:
-        tr.write_line(f"{fault:<62}{backend:<16}{total:>5}{counts.get('succeeded', 0):>11}"
-                      f"{counts.get('failed', 0):>8}{counts.get('queued', 0):>8}{counts.get('running', 0):>9}")
+    tr.write_line(f"{'fault':<64}{'backend':<16}{'jobs':>5}{'succeeded':>11}{'failed':>8}{'canceled':>10}"
+                  f"{'queued':>8}{'running':>9}")
+    for fault, backend, total, counts in sorted(rows, key=lambda row: (row[0], row[1])):
+        tr.write_line(f"{fault:<64}{backend:<16}{total:>5}{counts.get('succeeded', 0):>11}"
+                      f"{counts.get('failed', 0):>8}{counts.get('canceled', 0):>10}{counts.get('queued', 0):>8}"
+                      f"{counts.get('running', 0):>9}")

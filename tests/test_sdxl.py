@@ -209,6 +209,29 @@ def test_child_crash_with_attempts_left_runs_the_job_again(df_env, tiny_model, s
 
 
 @sqlite_only
+def test_cancel_stops_the_child_at_its_next_step_and_keeps_it_warm(df_env, tiny_model, start_worker):
+    """A running job canceled: the pipeline stops at its next step (its step-end callback), the
+    job ends canceled with no artifact, and the same warm child runs the next job."""
+    folder, _ = tiny_model
+    worker = start_worker(env=sdxl_env(folder))
+    svc = JobService.from_settings(Settings())
+    long = svc.submit(parse_request({"prompt": "long", "width": 128, "height": 128, "steps": 150})).view.id
+    deadline = time.monotonic() + 60
+    while svc.get(long).steps[0].progress.current < 2:
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.01)
+    svc.cancel(long)
+    [view] = wait_all(svc, [long])
+    assert view.status.value == "canceled" and view.artifacts == []
+    assert view.steps[0].progress.current < 150
+    after = svc.submit(parse_request({"prompt": "after", "width": 64, "height": 64, "steps": 2})).view.id
+    [view] = wait_all(svc, [after])
+    assert view.status.value == "succeeded", view.error
+    assert worker.log().count(" ready: ") == 1, "the child was restarted instead of interrupted"
+    assert not list((Path(df_env["DF_DATA_DIR"]) / "artifacts").rglob(f"*{long}*/*.png"))
+
+
+@sqlite_only
 def test_unreadable_checkpoint_is_model_invalid(df_env, tmp_path, start_worker):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"this is not a checkpoint")
