@@ -27,8 +27,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import SQLModel
 
+from dreamforge import migrate
 from dreamforge.errors import BackendUnavailable, ConfigError, IdempotencyConflict, JobNotFound
 from dreamforge.moves import RUNNING, Fence, Move
 from dreamforge.status import JobStatus, is_job_id
@@ -132,20 +132,32 @@ class JobStore:
         self._write_lock: Any = threading.Lock() if not self._postgres else contextlib.nullcontext()
 
     # -- plumbing -------------------------------------------------------------------------------
-    def create_schema(self) -> None:
-        """Create missing tables and indexes (and, on PostgreSQL, the trigger that wakes event
-        feeds). Safe when many processes start at once: on PostgreSQL they queue on an advisory
-        lock; on SQLite, on the write lock of BEGIN IMMEDIATE."""
+    def schema_revision(self) -> str | None:
+        with self.read() as conn:
+            return migrate.current_revision(conn)
+
+    def upgrade_schema(self) -> tuple[str | None, str]:
+        """Migrate the schema to the head revision (see migrate.py). Safe when many processes
+        start at once: on PostgreSQL they queue on an advisory lock; on SQLite, on the write
+        lock of BEGIN IMMEDIATE. Returns (revision before, revision after)."""
+        with self.read() as conn:
+            if migrate.current_revision(conn) == migrate.HEAD_REVISION:
+                return migrate.HEAD_REVISION, migrate.HEAD_REVISION
         with self.write() as conn:
             if self._postgres:
+                # Waiting for another process's upgrade is the one wait worth more than the
+                # session's lock timeout: it ends when that upgrade commits.
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '300s'")
+                conn.exec_driver_sql("SET LOCAL statement_timeout = '300s'")
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
-            SQLModel.metadata.create_all(conn)
-            for table in SQLModel.metadata.sorted_tables:  # create_all skips existing tables' indexes
-                for index in table.indexes:
-                    index.create(conn, checkfirst=True)
-            if self._postgres:
-                conn.exec_driver_sql(PG_NOTIFY_FUNCTION)
-                conn.exec_driver_sql(PG_NOTIFY_TRIGGER)
+            return migrate.upgrade(conn)
+
+    def require_current_schema(self) -> None:
+        revision = self.schema_revision()
+        if revision != migrate.HEAD_REVISION:
+            raise ConfigError(f"the job store's schema is at revision {revision or 'none'} and this version "
+                              f"of DreamForge needs {migrate.HEAD_REVISION}: run `df db upgrade` "
+                              "(DF_DB_AUTO_UPGRADE=0 keeps processes from doing it at start-up)")
 
     def close(self) -> None:
         self.engine.dispose()

@@ -119,7 +119,10 @@ class JobService:
         job_store = JobStore(settings.database_url, pool_size=settings.db_pool_size,
                              max_overflow=settings.db_max_overflow,
                              pre_ping=settings.db_pool_pre_ping)
-        job_store.create_schema()
+        if settings.db_auto_upgrade:
+            job_store.upgrade_schema()
+        else:
+            job_store.require_current_schema()
         return cls(settings, job_store)
 
     @cached_property

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=5, ge=1, le=1000)
     db_max_overflow: int = Field(default=10, ge=0, le=1000)
     db_pool_pre_ping: bool = True
+    # Every process upgrades the schema when it opens the job store (under a lock); 0: only
+    # `df db upgrade` does, and processes refuse to start on an older schema.
+    db_auto_upgrade: bool = True
 
     @model_validator(mode="after")
     def _fill_urls(self) -> Settings:

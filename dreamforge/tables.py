@@ -35,8 +35,13 @@ class Job(SQLModel, table=True):
     type: str = Field(max_length=32)
     status: str = Field(index=True, max_length=16)
     params: dict = _json()
+    # The hash covers the key and its scope (the API token, or the client); the key is free again
+    # after idempotency_expires_at (DF_IDEMPOTENCY_TTL).
     idempotency_key_hash: str | None = Field(default=None, unique=True, max_length=64)
+    idempotency_expires_at: datetime | None = _ts(default=None)
     request_hash: str | None = Field(default=None, max_length=64)
+    # A retry of a failed or canceled job is a new job that names the one it retries.
+    retry_of: str | None = Field(default=None, max_length=36, index=True)
     correlation_id: str | None = Field(default=None, max_length=255)
     error_code: str | None = Field(default=None, max_length=64)
     error_message: str | None = None
