@@ -119,7 +119,7 @@ def test_jobs_list_show_and_errors_through_the_cli(df_env):
     assert shown.exit_code == 0, shown.output
     assert_inert(shown.output)
     as_json = json.loads(runner.invoke(app, ["jobs", "list", "--json"]).output)
-    assert list(as_json) == ["jobs"] and {j["id"] for j in as_json["jobs"]} == set(ids)
+    assert list(as_json) == ["jobs", "next_cursor"] and as_json["next_cursor"] is None and {j["id"] for j in as_json["jobs"]} == set(ids)
     missing = runner.invoke(app, ["jobs", "show", "nope-\x1b]0;pwn\x07[/x]"])
     assert missing.exit_code == 1
     assert "\x1b" not in missing.output and "[/x]" in missing.output
