@@ -101,6 +101,40 @@ def test_watch_lines_and_progress_are_inert(consoles):
     assert_inert(LIVE.sub("", err.getvalue()) + "[bold]b[/bold]")
 
 
+def test_log_lines_and_a_canceled_watch_are_inert(consoles):
+    from dreamforge.service import log_line
+
+    out, err = consoles
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    for i, text in enumerate([*HOSTILE, "[bold]b[/bold]"]):
+        event = {"id": i, "at": at, "kind": "log", "payload": {"level": "warning", "message": text,
+                                                                "seed\x1b[2J": "[/x]"}}
+        render.log_line(log_line(event))
+    render.log_line({"id": 99, "at": at, "level": "\x1b]0;pwn\x07[/x]", "message": PROMPT})
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(HOSTILE) + 2, "a newline or a carriage return in a message forges no line"
+    assert_inert(out.getvalue())
+
+    class Canceled:  # a job canceled while it ran, as its events tell it
+        def get(self, job_id):
+            return hostile_view(status="running" if not self.ended else "canceled")
+
+        ended = False
+
+        def events(self, job_id, after_id=0, limit=None):
+            self.ended = True
+            return [{"id": 1, "at": at, "kind": "status", "payload": {"status": "canceled"}}]
+
+        def live_workers(self):
+            return [{"id": "w"}]
+
+    view = render.watch(Canceled(), "x")  # type: ignore[arg-type,unused-ignore]
+    assert view.status.value == "canceled"
+    shown = LIVE.sub("", err.getvalue())
+    assert "canceled" in shown
+    assert_inert(shown + "[bold]b[/bold]")
+
+
 @pytest.mark.parametrize("df_env", ["sqlite"], indirect=True)
 def test_jobs_list_show_and_errors_through_the_cli(df_env):
     from dreamforge.service import JobService
@@ -119,7 +153,8 @@ def test_jobs_list_show_and_errors_through_the_cli(df_env):
     assert shown.exit_code == 0, shown.output
     assert_inert(shown.output)
     as_json = json.loads(runner.invoke(app, ["jobs", "list", "--json"]).output)
-    assert list(as_json) == ["jobs"] and {j["id"] for j in as_json["jobs"]} == set(ids)
+    assert list(as_json) == ["jobs", "next_cursor"] and as_json["next_cursor"] is None
+    assert {j["id"] for j in as_json["jobs"]} == set(ids)
     missing = runner.invoke(app, ["jobs", "show", "nope-\x1b]0;pwn\x07[/x]"])
     assert missing.exit_code == 1
     assert "\x1b" not in missing.output and "[/x]" in missing.output

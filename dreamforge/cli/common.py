@@ -33,6 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 # Help as plain text: typer's rich panels label every flag `<bool>`, as if it took a value.
 TYPER_OPTIONS: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": None}
 
@@ -72,12 +73,15 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from dreamforge.errors import ConfigError, DreamForgeError, InvalidRequest
+        from dreamforge.errors import ConfigError, DreamForgeError, InvalidRequest, JobStateError
 
         try:
             return fn(*args, **kwargs)
         except (InvalidRequest, ConfigError) as exc:
             fail(exc.message, EXIT_USAGE)
+        except JobStateError as exc:
+            # The code first (job_not_cancelable, ...): what a script tells cases apart by.
+            fail(f"{exc.code}: {exc.message}", EXIT_FAILED)
         except DreamForgeError as exc:
             fail(exc.message, EXIT_FAILED)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):

@@ -1,16 +1,21 @@
-"""``df jobs``: list, show and watch jobs."""
+"""``df jobs``: list, show, follow, cancel jobs and read their logs."""
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dreamforge.cli import render
 from dreamforge.cli.common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     TYPER_OPTIONS,
+    console,
     fail,
     handle_errors,
     note,
@@ -22,23 +27,78 @@ from dreamforge.status import JobStatus
 if TYPE_CHECKING:
     from dreamforge.schemas import JobView
 
-app = typer.Typer(help="List, show and follow jobs.", **TYPER_OPTIONS)
+app = typer.Typer(help="List, show, follow and cancel jobs; read their logs.", **TYPER_OPTIONS)
+
+RELATIVE = re.compile(r"^(\d{1,6})([smhdw])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# The job types GET /v1/jobs accepts in ?type=.
+TYPE_PATTERN = re.compile(r"^[a-z0-9_]{1,32}$")
+
+
+def parse_time(option: str, value: str | None, now: datetime | None = None) -> datetime | None:
+    """ISO 8601 (without an offset: UTC, the store's zone, as the API reads it), or a time ago:
+    ``90s``, ``30m``, ``1h``, ``2d``, ``1w``."""
+    from dreamforge.errors import InvalidRequest
+
+    if value is None:
+        return None
+    text = value.strip()
+    if m := RELATIVE.match(text):
+        return (now or datetime.now(UTC)) - timedelta(**{UNITS[m[2]]: int(m[1])})
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"{option} wants an ISO 8601 time (2026-01-31T12:00:00Z) or a time ago "
+                             f"(30m, 1h, 2d), not {value[:60]!r}") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def _check_type(job_type: str | None) -> None:
+    from dreamforge.errors import InvalidRequest
+
+    if job_type is not None and not TYPE_PATTERN.match(job_type):
+        raise InvalidRequest(f"--type must be a job type such as generate, not {job_type[:60]!r}")
 
 
 @app.command("list")
 @handle_errors
 def list_jobs(
-    status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many, newest first.")] = 20,
+    status: Annotated[list[JobStatus] | None, typer.Option(
+        help="Only jobs in this status; repeat for several.")] = None,
+    job_type: Annotated[str | None, typer.Option("--type", help="Only jobs of this type (generate).")] = None,
+    created_after: Annotated[str | None, typer.Option(
+        help="Created after this time: ISO 8601 (UTC unless an offset is given) or ago (30m, 1h, 2d).")] = None,
+    created_before: Annotated[str | None, typer.Option(
+        help="Created before this time, as --created-after.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000,
+                                       help="At most this many, newest first (per page with --all).")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="Start after this page: a next_cursor given before.")] = None,
+    follow_all: Annotated[bool, typer.Option("--all", help="Every page, to the end.")] = False,
     as_json: Annotated[bool, typer.Option(
-        "--json", help='Print {"jobs": [...]}, as GET /v1/jobs does.')] = False,
+        "--json", help='Print {"jobs": [...], "next_cursor": ...}, as GET /v1/jobs does.')] = False,
 ) -> None:
-    """A table of recent jobs."""
-    views = open_service().list_jobs(status.value if status else None, limit)
+    """Recent jobs, newest first, with the filters of GET /v1/jobs."""
+    after = parse_time("--created-after", created_after)
+    before = parse_time("--created-before", created_before)
+    _check_type(job_type)
+    service = open_service()
+    statuses = [s.value for s in status] if status else None
+    views: list[JobView] = []
+    while True:
+        # Keyset pages: jobs created while this runs are newer than the first page, so they
+        # neither appear nor shift the pages after it.
+        page = service.page_jobs(statuses, job_type, created_after=after, created_before=before,
+                                 cursor=cursor, limit=limit)
+        views.extend(page.jobs)
+        cursor = page.next_cursor
+        if not follow_all or cursor is None:
+            break
     if as_json:
-        print_json({"jobs": [v.model_dump(mode="json") for v in views]})
-    else:
-        render.job_table(views)
+        print_json({"jobs": [v.model_dump(mode="json") for v in views], "next_cursor": cursor})
+        return
+    render.job_table(views)
+    if cursor is not None:
+        note(f"more jobs: --cursor {cursor} (or --all)")
 
 
 @app.command("show")
@@ -55,6 +115,22 @@ def show(
         render.job_details(view)
 
 
+@app.command("cancel")
+@handle_errors
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job view as JSON.")] = False,
+) -> None:
+    """Cancel a queued or running job (a running one stops at its next step and stores nothing).
+    Cancelling it again gives the same answer; a job that succeeded or failed exits 1
+    (job_not_cancelable)."""
+    view = open_service().cancel(job_id)
+    if as_json:
+        print_json(view.model_dump(mode="json"))
+    else:
+        render.line(view.id, view.status.value)
+
+
 def no_worker_notice() -> Callable[[JobView], None]:
     """Say, once, that nothing will run the job."""
     said = False
@@ -69,19 +145,79 @@ def no_worker_notice() -> Callable[[JobView], None]:
     return notice
 
 
+def end_of_watch(view: JobView) -> None:
+    """Exit 1 with one line when the watched job did not succeed."""
+    if view.status is JobStatus.canceled:
+        fail(f"job {view.id} was canceled", EXIT_FAILED)
+    if view.status is JobStatus.failed:
+        fail(f"job {view.id} failed: {view.error.code}: {view.error.message}" if view.error
+             else f"job {view.id} failed", EXIT_FAILED)
+
+
 @app.command("watch")
 @handle_errors
 def watch(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the final job view as JSON.")] = False,
 ) -> None:
-    """Follow a job until it ends; exit 1 if it failed. Says so when no worker is running."""
+    """Follow a job until it ends; exit 1 if it failed or was canceled. Says so when no worker is
+    running. Ctrl-C stops watching (exit 130) and leaves the job as it is."""
     service = open_service()
-    view = render.watch(service, job_id, quiet=as_json, on_no_worker=no_worker_notice())
+    try:
+        view = render.watch(service, job_id, quiet=as_json, on_no_worker=no_worker_notice())
+    except KeyboardInterrupt:
+        note(f"stopped watching; job {job_id} goes on (to cancel it: df jobs cancel {job_id})")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if as_json:
         print_json(view.model_dump(mode="json"))
     elif view.status is JobStatus.succeeded:
         typer.echo(render.artifact_location(view))
-    if view.status is JobStatus.failed:
-        fail(f"job {view.id} failed: {view.error.code}: {view.error.message}" if view.error
-             else f"job {view.id} failed", EXIT_FAILED)
+    end_of_watch(view)
+
+
+def _log_json(entry: dict[str, Any]) -> dict[str, Any]:
+    at = entry["at"]
+    return {**entry, "at": at.isoformat() if hasattr(at, "isoformat") else at}
+
+
+@app.command("logs")
+@handle_errors
+def logs(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing until the job ends.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help='Print {"lines": [...], "next_after": N}; with -f one JSON object a line.')] = False,
+) -> None:
+    """The job's own log: its moves, what its workers logged about it, its errors."""
+    import json
+
+    from dreamforge.service import log_line
+
+    service = open_service()
+    if not follow:
+        lines = service.logs(job_id)
+        if as_json:
+            print_json({"lines": [_log_json(x) for x in lines],
+                        "next_after": lines[-1]["id"] if lines else 0})
+        for entry in lines if not as_json else []:
+            render.log_line(entry)
+        return
+    after, ended = 0, False
+    try:
+        while not ended:
+            for event in service.events(job_id, after):
+                after = event["id"]
+                if event["kind"] == "status":
+                    ended = JobStatus(event["payload"].get("status", "queued")).is_terminal()
+                shown = log_line(event)
+                if shown is None:
+                    continue
+                if as_json:
+                    console.file.write(json.dumps(_log_json(shown), default=str, ensure_ascii=True) + "\n")
+                    console.file.flush()
+                else:
+                    render.log_line(shown)
+            if not ended:
+                time.sleep(render.POLL_S)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,6 +15,7 @@ from rich.text import Text
 from dreamforge.cli import artifacts, host, jobs, render
 from dreamforge.cli.common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_USAGE,
     TYPER_OPTIONS,
     console,
@@ -75,6 +79,35 @@ class LocalRun:
         if self.inline is not None:
             self.inline.join()
 
+    def interrupted(self, cancel: bool) -> None:
+        """Ctrl-C while watching: cancel the job, or leave it to the workers. Either way nothing
+        is left `running` under this process once it exits."""
+        job_id = self.job_id
+        if cancel:
+            from dreamforge.errors import JobStateError
+
+            try:
+                view = self.service.cancel(job_id)
+            except JobStateError:
+                note(f"Interrupted: job {job_id} had already ended "
+                     f"({self.service.get(job_id).status.value}); nothing to cancel.")
+                return
+            # Our in-process run, if any, stops at its next step; wait for it, so that it stores
+            # nothing after this command has said the job is canceled.
+            self.join()
+            note(f"Interrupted: job {view.id} canceled.")
+            return
+        if self.inline is None:
+            note(f"Interrupted: stopped watching; job {job_id} goes on with its worker. "
+                 f"To cancel it: df jobs cancel {job_id}")
+            return
+        # The job runs in this process, which is about to end: hand it back to the queue at once
+        # rather than leave it `running` under a holder that no longer exists (a worker's reaper
+        # would give it back too, but only after the heartbeat timeout).
+        self.inline.runtime.hand_back_held("interrupted: the df generate --wait that ran it stopped")
+        note(f"Interrupted: job {job_id} is back in the queue; a worker (`df worker`) will run it. "
+             f"To cancel it: df jobs cancel {job_id}")
+
 
 @app.command()
 @handle_errors
@@ -91,8 +124,12 @@ def generate(
     output: Annotated[Path | None, typer.Option("-o", "--output",
                                                    help="Copy the image here (implies --wait).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job view as JSON.")] = False,
+    cancel_on_interrupt: Annotated[bool, typer.Option(
+        "--cancel-on-interrupt", help="With --wait: Ctrl-C cancels the job (else it goes on).")] = False,
 ) -> None:
-    """Submit one image job. With --wait, follow it; with no live worker, run it here."""
+    """Submit one image job. With --wait, follow it; with no live worker, run it here.
+    Ctrl-C stops watching (exit 130) and leaves the job to the workers, or cancels it with
+    --cancel-on-interrupt."""
     from dreamforge.schemas import parse_request
 
     request = parse_request({"prompt": prompt, "negative_prompt": negative_prompt, "width": width,
@@ -114,13 +151,19 @@ def generate(
         local.start("No live worker")
     elif not as_json:
         note(f"Job {view.id} queued; a worker will run it.")
-    view = render.watch(service, view.id, quiet=as_json, check=local.check, on_no_worker=local.on_no_worker)
+    try:
+        view = render.watch(service, view.id, quiet=as_json, check=local.check,
+                            on_no_worker=local.on_no_worker)
+    except KeyboardInterrupt:
+        with _sigint_ignored():  # a second Ctrl-C must not cut the hand-back or the cancel short
+            local.interrupted(cancel_on_interrupt)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     local.join()
     if as_json:
         print_json(view.model_dump(mode="json"))
     if view.status is not JobStatus.succeeded:
-        message = f"{view.error.code}: {view.error.message}" if view.error else view.status.value
-        fail(f"job {view.id} failed: {message}", EXIT_FAILED)
+        jobs.end_of_watch(view)
+        fail(f"job {view.id} ended {view.status.value}", EXIT_FAILED)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(service.artifact_bytes(view.artifacts[0].s3_key))
@@ -224,6 +267,19 @@ def openapi(
         fail(f"folder {target.parent} does not exist", EXIT_USAGE)
     target.write_text(spec)
     typer.echo(f"wrote {target}")
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to hold off
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def main() -> None:

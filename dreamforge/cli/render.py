@@ -44,45 +44,80 @@ def _step_progress(view: JobView) -> tuple[int, int]:
     return step.progress.current, max(step.progress.total, 1)
 
 
+class _Followed:
+    """A job as its events tell it: status and step progress, and the last event seen."""
+
+    def __init__(self, view: JobView):
+        self.status = view.status.value
+        self.current, self.total = _step_progress(view)
+        self.after = 0
+
+    def apply(self, event: dict[str, Any]) -> bool:
+        """Fold one event in; True when it changed the status."""
+        self.after = max(self.after, event["id"])
+        payload = event["payload"]
+        if event["kind"] == "progress":
+            self.current, self.total = payload.get("current", 0), max(payload.get("total", 1), 1)
+        elif event["kind"] == "status" and payload.get("status") and payload["status"] != self.status:
+            self.status = payload["status"]
+            if self.status == "queued":  # handed back or retried: the next run starts again
+                self.current = 0
+            return True
+        return False
+
+    def ended(self) -> bool:
+        from dreamforge.status import JobStatus
+
+        return JobStatus(self.status).is_terminal()
+
+
 def watch(service: JobService, job_id: str, *, quiet: bool = False,
           check: Callable[[], None] | None = None,
           on_no_worker: Callable[[JobView], None] | None = None) -> JobView:
-    """Follow a job until it ends: a progress bar on a terminal, one line per status change
-    otherwise (stderr either way, so stdout stays for results). ``check`` runs at every poll and
-    may raise to stop watching (the CLI's own in-process run died). ``on_no_worker`` is called
-    when the job has not ended and no worker is live (about once a second while that holds)."""
+    """Follow a job until it ends, by its events (``service.events`` after the last one seen,
+    every POLL_S): a progress bar on a terminal, one line per status change otherwise (stderr
+    either way, so stdout stays for results). Returns the job's final view.
+
+    ``check`` runs at every poll and may raise to stop watching (the CLI's own in-process run
+    died). ``on_no_worker`` is called when the job has not ended and no worker is live (about
+    once a second while that holds)."""
+    view = service.get(job_id)
+    job = _Followed(view)
+    if not job.ended():
+        # The whole history once: folded over the view it ends at least where the view is, so no
+        # move made between the two reads is missed (a move applied twice changes nothing).
+        for event in service.events(job_id):
+            job.apply(event)
     last_liveness = time.monotonic()
 
-    def poll() -> JobView:
+    def no_worker() -> None:
+        if on_no_worker is not None and not job.ended() and not service.live_workers():
+            on_no_worker(service.get(job_id))
+
+    def poll() -> list[str]:
+        """Wait a tick, then the statuses the job moved through since the last poll."""
         nonlocal last_liveness
         time.sleep(POLL_S)
         if check is not None:
             check()
-        view = service.get(job_id)
-        if on_no_worker is not None and time.monotonic() - last_liveness >= LIVENESS_S:
+        moved = [job.status for event in service.events(job_id, job.after) if job.apply(event)]
+        if time.monotonic() - last_liveness >= LIVENESS_S:
             last_liveness = time.monotonic()
-            if not view.status.is_terminal() and not service.live_workers():
-                on_no_worker(view)
-                view = service.get(job_id)
-        return view
+            no_worker()
+        return moved
 
-    view = service.get(job_id)
-    if on_no_worker is not None and not view.status.is_terminal() and not service.live_workers():
-        on_no_worker(view)
-    err = common.err_console
-    if quiet:
-        while not view.status.is_terminal():
-            view = poll()
-        return view
-    if not err.is_terminal:
-        last = None
-        while True:
-            if view.status != last:
-                err.print(Text.assemble("job ", cell(view.id), " ", view.status.value))
-                last = view.status
-            if view.status.is_terminal():
-                return view
-            view = poll()
+    no_worker()
+    if quiet or not common.err_console.is_terminal:
+        _show_status(job_id, job.status, quiet)
+        while not job.ended():
+            for status in poll():
+                _show_status(job_id, status, quiet)
+    else:
+        _progress_bar(job, poll)
+    return view if view.status.is_terminal() else service.get(job_id)
+
+
+def _progress_bar(job: _Followed, poll: Callable[[], object]) -> None:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -92,19 +127,43 @@ def watch(service: JobService, job_id: str, *, quiet: bool = False,
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.fields[status]:<9}", style="bold", markup=False), BarColumn(),
-               MofNCompleteColumn(), TextColumn("steps", markup=False), TimeElapsedColumn(),
-               TextColumn("ETA", markup=False), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False) as progress:
-        current, total = _step_progress(view)
-        task = progress.add_task("generate", total=total, completed=current,
-                                 status=view.status.value)
+    columns = (_status_column(), BarColumn(), MofNCompleteColumn(), TextColumn("steps", markup=False),
+               TimeElapsedColumn(), TextColumn("ETA", markup=False), TimeRemainingColumn())
+    with Progress(*columns, console=common.err_console, transient=False) as progress:
+        task = progress.add_task("generate", total=job.total, completed=job.current, status=job.status)
         while True:
-            current, total = _step_progress(view)
-            progress.update(task, total=total, completed=current, status=view.status.value)
-            if view.status.is_terminal():
-                return view
-            view = poll()
+            progress.update(task, total=job.total, completed=job.current, status=job.status)
+            if job.ended():
+                return
+            poll()
+
+
+def _show_status(job_id: str, status: str, quiet: bool) -> None:
+    """A status line for a log or a pipe (on stderr)."""
+    if not quiet and not common.err_console.is_terminal:
+        common.err_console.print(Text.assemble("job ", cell(job_id), " ", cell(status)))
+
+
+def _status_column() -> Any:
+    """The bar's first column: the status in its colour (magenta for canceled, ...)."""
+    from rich.progress import ProgressColumn, Task
+
+    class StatusColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            status = str(task.fields.get("status", ""))
+            return Text(f"{inert(status):<9}", style="bold " + COLOURS.get(status, ""))
+
+    return StatusColumn()
+
+
+def log_line(entry: dict[str, Any]) -> None:
+    """One line of a job's log: time, level, message (all inert; the message came from outside)."""
+    at = entry["at"]
+    stamp = at.isoformat(timespec="milliseconds") if hasattr(at, "isoformat") else str(at)
+    level = str(entry.get("level", "info"))
+    style = {"error": "red", "warning": "yellow", "critical": "red"}.get(level, "")
+    common.console.print(Text.assemble(cell(stamp), " ", cell(f"{level:<7}", style=style), " ",
+                                       cell(entry.get("message", ""))))
 
 
 def artifact_location(view: JobView) -> str | None:
