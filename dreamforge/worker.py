@@ -188,11 +188,19 @@ class InlineWorker:
         self.job_id = job_id
         self.runtime = WorkerRuntime(service, runner, "cli", register=False)
         self.error: BaseException | None = None
+        self._halt = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="df-inline", daemon=True)
 
     def start(self) -> None:
         self.runtime.start()
         self._thread.start()
+
+    def interrupt(self, reason: str) -> None:
+        """Stop taking work and give back what this run holds (the CLI was interrupted): the
+        job is queued again, for a worker, instead of left running with a holder that is gone."""
+        self._halt.set()
+        self.runtime.hand_back_held(reason)
+        self.runtime.stop()
 
     def join(self) -> None:
         self._thread.join()
@@ -204,8 +212,12 @@ class InlineWorker:
     def _loop(self) -> None:
         huey = self.service.queue.huey
         try:
-            while not self._target_settled():
+            while not self._halt.is_set() and not self._target_settled():
                 task = huey.dequeue()
+                if self._halt.is_set():
+                    if task is not None:
+                        huey.enqueue(task)  # not ours to run any more: back for a worker
+                    return
                 if task is None:
                     # Our message is gone but the job is still queued (a worker took the message
                     # and has not claimed yet, or the entry was lost): run it directly.

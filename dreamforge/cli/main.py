@@ -104,7 +104,7 @@ class LocalRun:
         # The job runs in this process, which is about to end: hand it back to the queue at once
         # rather than leave it `running` under a holder that no longer exists (a worker's reaper
         # would give it back too, but only after the heartbeat timeout).
-        self.inline.runtime.hand_back_held("interrupted: the df generate --wait that ran it stopped")
+        self.inline.interrupt("interrupted: the df generate --wait that ran it stopped")
         note(f"Interrupted: job {job_id} is back in the queue; a worker (`df worker`) will run it. "
              f"To cancel it: df jobs cancel {job_id}")
 
