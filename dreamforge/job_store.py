@@ -207,8 +207,9 @@ class JobStore:
 
     # -- creating and withdrawing ----------------------------------------------------------------
     def create(self, params: dict[str, Any], *, correlation_id: str | None = None,
-               idempotency_key_hash: str | None = None,
-               request_hash: str | None = None) -> tuple[dict[str, Any], bool]:
+               idempotency_key_hash: str | None = None, request_hash: str | None = None,
+               idempotency_ttl_s: float | None = None,
+               retry_of: str | None = None) -> tuple[dict[str, Any], bool]:
         """Insert a queued job with its step and first event. Returns (job, created), the job in
         the shape ``job()`` returns.
 
@@ -218,23 +219,32 @@ class JobStore:
         job_id = str(uuid.uuid4())
         job = {"id": job_id, "type": "generate", "status": JobStatus.queued.value,
                "params": params, "idempotency_key_hash": idempotency_key_hash,
-               "request_hash": request_hash, "correlation_id": correlation_id, "attempts": 0}
+               "request_hash": request_hash, "correlation_id": correlation_id, "attempts": 0,
+               "retry_of": retry_of}
         step = {"job_id": job_id, "name": STEP_NAME, "status": JobStatus.queued.value,
                 "progress_current": 0, "progress_total": params.get("steps", 0),
                 "seed": params.get("seed")}
+        expires = self._later(idempotency_ttl_s) if idempotency_key_hash and idempotency_ttl_s else None
+        first_event = {"status": "queued", **({"retry_of": retry_of} if retry_of else {})}
         try:
             with self.write() as conn:
                 now = self._now()
-                created_at = conn.execute(jobs.insert().values(**job, created_at=now, updated_at=now)
-                    .returning(jobs.c.created_at)).scalar_one()
+                if idempotency_key_hash is not None:
+                    # A key past its expiry is free again: the old job keeps its row, not the key.
+                    conn.execute(jobs.update().where(jobs.c.idempotency_key_hash == idempotency_key_hash,
+                                                     jobs.c.idempotency_expires_at < now)
+                                 .values(idempotency_key_hash=None))
+                created_at = conn.execute(jobs.insert().values(**job, created_at=now, updated_at=now,
+                                                               idempotency_expires_at=expires)
+                                          .returning(jobs.c.created_at)).scalar_one()
                 conn.execute(steps.insert().values(**step))
-                self._event(conn, job_id, "status", {"status": "queued"})
+                self._event(conn, job_id, "status", first_event)
         except sa.exc.IntegrityError:
             if idempotency_key_hash is None:
                 raise
             return self.job(self._existing_for_key(idempotency_key_hash, request_hash)), False
         unset = dict.fromkeys(("error_code", "error_message", "error_details", "worker_id",
-                               "heartbeat_at", "started_at", "finished_at"))
+                               "heartbeat_at", "started_at", "finished_at", "idempotency_expires_at"))
         step_view = {**step, "started_at": None, "finished_at": None}
         created_at = aware(created_at)
         return {**job, **unset, "created_at": created_at, "updated_at": created_at,
@@ -464,7 +474,8 @@ class JobStore:
 
     def list_jobs(self, statuses: list[str] | None = None, job_type: str | None = None, *,
                   created_after: datetime | None = None, created_before: datetime | None = None,
-                  before: tuple[datetime, str] | None = None, limit: int = 20) -> list[dict[str, Any]]:
+                  error_code: str | None = None, before: tuple[datetime, str] | None = None,
+                  limit: int = 20) -> list[dict[str, Any]]:
         """Newest first, by (created_at, id) descending; ``before`` is the key of the last job of
         the previous page (keyset paging: stable while new jobs arrive, and one index range
         per page whatever the filters, since each filter has an index ending in that key)."""
@@ -473,6 +484,8 @@ class JobStore:
             query = query.where(jobs.c.status.in_(statuses))
         if job_type:
             query = query.where(jobs.c.type == job_type)
+        if error_code:
+            query = query.where(jobs.c.error_code == error_code)
         if created_after is not None:
             query = query.where(jobs.c.created_at > created_after)
         if created_before is not None:
@@ -529,6 +542,32 @@ class JobStore:
                                 .group_by(jobs.c.status)).all()
         found = {status: n for status, n in rows}
         return {s.value: found.get(s.value, 0) for s in JobStatus}
+
+    def finished_before(self, older_than_s: float, statuses: list[str], limit: int) -> list[dict[str, Any]]:
+        """Jobs in ``statuses`` that ended (or, never started, were created) before the cutoff,
+        oldest first, with their artifact keys."""
+        ended = sa.func.coalesce(jobs.c.finished_at, jobs.c.created_at)
+        with self.read() as conn:
+            rows = conn.execute(sa.select(jobs.c.id, jobs.c.status).where(
+                jobs.c.status.in_(statuses), ended < self._ago(older_than_s))
+                .order_by(ended).limit(limit)).all()
+            keys: dict[str, list[str]] = {r.id: [] for r in rows}
+            if keys:
+                for job_id, key in conn.execute(sa.select(artifacts.c.job_id, artifacts.c.s3_key)
+                                                .where(artifacts.c.job_id.in_(list(keys)))):
+                    keys[job_id].append(key)
+        return [{"id": r.id, "status": r.status, "keys": keys[r.id]} for r in rows]
+
+    def delete_jobs(self, job_ids: list[str], statuses: list[str]) -> int:
+        """Delete these jobs with every row of theirs, each only if it is still in ``statuses``."""
+        with self.write() as conn:
+            gone = list(conn.execute(sa.select(jobs.c.id).where(
+                jobs.c.id.in_(job_ids), jobs.c.status.in_(statuses)).with_for_update()).scalars())
+            if gone:
+                for table in (events, artifacts, uploads, steps):
+                    conn.execute(table.delete().where(table.c.job_id.in_(gone)))
+                conn.execute(jobs.delete().where(jobs.c.id.in_(gone)))
+        return len(gone)
 
     def artifact_keys(self) -> set[str]:
         """Every artifact key on record (for audits: objects without a row are strays)."""

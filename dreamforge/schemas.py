@@ -163,6 +163,7 @@ class JobView(BaseModel):
     error: JobError | None = None
     attempts: int = 0
     correlation_id: str | None = None
+    retry_of: str | None = Field(default=None, description="The failed or canceled job this one retries.")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

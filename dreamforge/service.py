@@ -142,14 +142,19 @@ class JobService:
 
     # -- the doors' commands ----------------------------------------------------------------------
     def submit(self, request: GenerateRequest, *, correlation_id: str | None = None,
-               idempotency_key: str | None = None) -> Submitted:
-        """Record a queued job and ring the queue. Either both happen or neither does."""
+               idempotency_key: str | None = None, idempotency_scope: str = "",
+               retry_of: str | None = None) -> Submitted:
+        """Record a queued job and ring the queue. Either both happen or neither does.
+
+        An idempotency key names one job within its scope (the API token, or the client without
+        one) for DF_IDEMPOTENCY_TTL; the same key in another scope is another key."""
         params = request.model_dump(mode="json")
-        key_hash = _sha256(idempotency_key) if idempotency_key else None
+        key_hash = _sha256(f"{_sha256(idempotency_scope)}:{idempotency_key}") if idempotency_key else None
         request_hash = _sha256(json.dumps(params, sort_keys=True)) if idempotency_key else None
         job, created = self.job_store.create(params, correlation_id=correlation_id,
                                              idempotency_key_hash=key_hash,
-                                             request_hash=request_hash)
+                                             request_hash=request_hash, retry_of=retry_of,
+                                             idempotency_ttl_s=self.settings.idempotency_ttl.total_seconds())
         if created:
             try:
                 self.queue.enqueue(job["id"])
@@ -181,6 +186,50 @@ class JobService:
                 return self.get(job_id)
         raise BackendUnavailable("the job kept changing state; try again")
 
+    def retry(self, job_id: str, *, correlation_id: str | None = None) -> JobView:
+        """A failed or canceled job, run again: a new job with the same parameters (its recorded
+        seed included, so the same image) that names the one it retries. A new job rather than a
+        new attempt of the old one: the old record stays as it ended (its error, its events), and
+        the new one has a history of its own. Succeeded, queued and running jobs: JobStateError."""
+        job = self.job_store.job(job_id)
+        if job["status"] not in (JobStatus.failed, JobStatus.canceled):
+            raise JobStateError(f"job {job_id} has {job['status']}; only failed or canceled jobs are retried",
+                                code="job_not_retryable", details={"status": job["status"]})
+        request = GenerateRequest.model_validate(job["params"])
+        return self.submit(request, correlation_id=correlation_id, retry_of=job_id).view
+
+    def retry_failed(self, *, error_code: str | None = None, since: datetime | None = None,
+                     limit: int = 1000) -> list[JobView]:
+        """Retry every failed job (with this error code, created since then), up to ``limit``."""
+        page = self.page_jobs(["failed"], error_code=error_code, created_after=since, limit=limit)
+        return [self.retry(view.id) for view in page.jobs]
+
+    def prune(self, older_than_s: float, statuses: list[str] | None = None, *, dry_run: bool = False,
+              batch: int = 200) -> dict[str, int]:
+        """Remove jobs that ended longer ago than ``older_than_s``, with their rows and their images,
+        in batches. Only finished jobs (succeeded, failed, canceled) are ever removed, so this is
+        safe while workers run. Images go first: a crash midway leaves rows the next prune
+        finishes, never an image nobody points to."""
+        finished = {s.value for s in JobStatus if s.is_terminal()}
+        chosen = [s for s in (statuses or sorted(finished)) if s in finished]
+        if not chosen:
+            raise InvalidRequest("only succeeded, failed and canceled jobs can be pruned")
+        removed = {"jobs": 0, "artifacts": 0}
+        while True:
+            found = self.job_store.finished_before(older_than_s, chosen, batch)
+            if dry_run:
+                return {"jobs": len(found), "artifacts": sum(len(j["keys"]) for j in found)}
+            if not found:
+                return removed
+            for job in found:
+                for key in job["keys"]:
+                    self.artifact_store.delete(key)
+                    self.artifact_store.delete(f"{key}.thumb-256.webp")
+            removed["jobs"] += self.job_store.delete_jobs([j["id"] for j in found], chosen)
+            removed["artifacts"] += sum(len(j["keys"]) for j in found)
+            if len(found) < batch:
+                return removed
+
     def retry_spooled(self) -> list[dict[str, Any]]:
         """Upload the images a failed upload left in the spool, and finish their jobs."""
         from dreamforge.spool import Spool
@@ -210,12 +259,12 @@ class JobService:
 
     def page_jobs(self, statuses: str | list[str] | None = None, job_type: str | None = None, *,
                   created_after: datetime | None = None, created_before: datetime | None = None,
-                  cursor: str | None = None, limit: int = 20) -> JobPage:
+                  error_code: str | None = None, cursor: str | None = None, limit: int = 20) -> JobPage:
         """One page of jobs, newest first, and the cursor of the next page (None at the end)."""
         if isinstance(statuses, str):
             statuses = [statuses]
         rows = self.job_store.list_jobs(statuses, job_type, created_after=created_after,
-                                        created_before=created_before,
+                                        created_before=created_before, error_code=error_code,
                                         before=decode_cursor(cursor) if cursor else None,
                                         limit=limit + 1)
         more, rows = len(rows) > limit, rows[:limit]
@@ -318,6 +367,7 @@ class JobService:
             "id": job["id"], "type": job["type"], "status": job["status"], "params": job["params"],
             "steps": step_views, "summary": {"count": 1, "completed": len(arts)}, "artifacts": arts,
             "error": error, "attempts": job["attempts"], "correlation_id": job["correlation_id"],
+            "retry_of": job.get("retry_of"),
             "created_at": job["created_at"], "started_at": job["started_at"],
             "finished_at": job["finished_at"]})
 
@@ -408,6 +458,17 @@ class JobService:
             log.warning("[job=%s] queued without a queue entry: enqueued again", job_id)
             self.queue.enqueue(job_id)
         return orphans
+
+    def apply_retention(self, holder: str) -> dict[str, int] | None:
+        """DF_RETENTION_DAYS: prune what ended before then; one process of the fleet an hour."""
+        days = self.settings.retention_days
+        if not days or not self.job_store.take_lease("retention", holder, 3600):
+            return None
+        removed = self.prune(days * 86400)
+        if removed["jobs"]:
+            log.info("retention: removed %d jobs and %d images older than %g days", removed["jobs"],
+                     removed["artifacts"], days)
+        return removed
 
     def sweep_uploads(self) -> list[str]:
         """Remove objects that a worker wrote (or may have written) for an attempt that no longer

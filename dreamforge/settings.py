@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -84,6 +85,13 @@ class Settings(BaseSettings):
     # Every process upgrades the schema when it opens the job store (under a lock); 0: only
     # `df db upgrade` does, and processes refuse to start on an older schema.
     db_auto_upgrade: bool = True
+
+    # An Idempotency-Key names one job for this long (seconds, or ISO 8601 such as PT24H); after
+    # that the same key makes a new job. Keys are scoped per API token (per client without one).
+    idempotency_ttl: timedelta = timedelta(hours=24)
+    # Jobs that ended longer ago than this many days are pruned, with their images, by the
+    # workers (one of them an hour); 0 keeps everything (`df jobs prune` still works).
+    retention_days: float = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _fill_urls(self) -> Settings:

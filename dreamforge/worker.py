@@ -131,6 +131,7 @@ class WorkerRuntime:
             self._next_sweep = time.monotonic() + self.service.settings.orphan_sweep_interval_s
             self.service.requeue_orphans(self.worker_id)
             self.service.sweep_uploads()
+            self.service.apply_retention(self.worker_id)
 
     def hand_back_held(self, reason: str) -> None:
         for fence in self.executor.held():

@@ -72,6 +72,7 @@ def list_jobs(
         help="Created before this time, as --created-after.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000,
                                        help="At most this many, newest first (per page with --all).")] = 20,
+    code: Annotated[str | None, typer.Option("--code", help="Only jobs that failed with this error code.")] = None,
     cursor: Annotated[str | None, typer.Option(help="Start after this page: a next_cursor given before.")] = None,
     follow_all: Annotated[bool, typer.Option("--all", help="Every page, to the end.")] = False,
     as_json: Annotated[bool, typer.Option(
@@ -88,7 +89,7 @@ def list_jobs(
         # Keyset pages: jobs created while this runs are newer than the first page, so they
         # neither appear nor shift the pages after it.
         page = service.page_jobs(statuses, job_type, created_after=after, created_before=before,
-                                 cursor=cursor, limit=limit)
+                                 error_code=code, cursor=cursor, limit=limit)
         views.extend(page.jobs)
         cursor = page.next_cursor
         if not follow_all or cursor is None:
@@ -129,6 +130,63 @@ def cancel(
         print_json(view.model_dump(mode="json"))
     else:
         render.line(view.id, view.status.value)
+
+
+@app.command("retry")
+@handle_errors
+def retry(
+    job_id: Annotated[str | None, typer.Argument(help="The failed or canceled job to run again.")] = None,
+    code: Annotated[str | None, typer.Option("--code", help="Retry every failed job with this error code.")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="With --code: only jobs created since then (ISO 8601 or ago: 30m, 1h, 2d).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the new jobs' views as JSON.")] = False,
+) -> None:
+    """Run a failed or canceled job again as a new job (same parameters and seed) that names the
+    one it retries; or, with --code, every failed job with that error code."""
+    from dreamforge.errors import InvalidRequest
+
+    if (job_id is None) == (code is None):
+        raise InvalidRequest("give a job id, or --code (with --since) to retry many")
+    if since is not None and code is None:
+        raise InvalidRequest("--since goes with --code")
+    service = open_service()
+    if job_id is not None:
+        views = [service.retry(job_id)]
+    else:
+        views = service.retry_failed(error_code=code, since=parse_time("--since", since))
+    if as_json:
+        print_json({"jobs": [v.model_dump(mode="json") for v in views]})
+        return
+    for view in views:
+        render.line(view.id, view.status.value, f"retries {view.retry_of}")
+    if not views:
+        note("no failed job matched")
+
+
+@app.command("prune")
+@handle_errors
+def prune(
+    older_than: Annotated[str, typer.Option(help="Jobs that ended longer ago than this: 30d, 12h, 1w.")],
+    status: Annotated[list[JobStatus] | None, typer.Option(
+        help="Only jobs in this status (succeeded, failed, canceled); repeat for several. Default: all three.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would go; remove nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+) -> None:
+    """Remove old finished jobs with their rows and their images (local folder or S3), in batches.
+    Queued and running jobs are never removed, so this is safe while workers run."""
+    from dreamforge.errors import InvalidRequest
+
+    match = RELATIVE.match(older_than.strip())
+    if not match:
+        raise InvalidRequest(f"--older-than wants an age such as 30d, 12h or 1w, not {older_than[:60]!r}")
+    age = timedelta(**{UNITS[match[2]]: int(match[1])}).total_seconds()
+    statuses = [s.value for s in status] if status else None
+    counts = open_service().prune(age, statuses, dry_run=dry_run)
+    if as_json:
+        print_json({**counts, "dry_run": dry_run})
+    else:
+        verb = "would remove" if dry_run else "removed"
+        render.line(f"{verb} {counts['jobs']} jobs and {counts['artifacts']} images")
 
 
 def no_worker_notice() -> Callable[[JobView], None]:
