@@ -25,9 +25,8 @@ from dreamforge.status import JobStatus
 
 HEARTBEAT_S = 15.0
 KEEPALIVE = b": keep-alive\n\n"
-# Sent first: flushes the headers through buffering proxies, and tells EventSource how long to
-# wait before reconnecting.
-OPENING = b"retry: 1000\n\n"
+# Sent first: flushes the headers through buffering proxies.
+OPENING = b": stream open\n\n"
 TERMINAL = frozenset(s.value for s in JobStatus if s.is_terminal())
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -50,26 +50,28 @@ async def _follow_job(request: Request, after: int, render: Callable[[Event], by
 
 async def job_events(request: Request) -> Response:
     query = parse_query(EventsQuery, request)
+    after = resume_from(request, query.after)
     if accepted(request, ("application/json", EVENT_STREAM)) == EVENT_STREAM:
-        return await _follow_job(request, resume_from(request, query.after), _render_event)
+        return await _follow_job(request, after, _render_event)
     events = await run_in_threadpool(request.state.service.events, request.path_params["job_id"],
-                                     query.after, query.limit)
+                                     after, query.limit)
     return JSONResponse(EventPage(events=[_job_event(e) for e in events],
-                                  next_after=events[-1]["id"] if events else query.after
+                                  next_after=events[-1]["id"] if events else after
                                   ).model_dump(mode="json"))
 
 
 async def job_logs(request: Request) -> Response:
     query = parse_query(EventsQuery, request)
+    after = resume_from(request, query.after)
     media_type = accepted(request, ("text/plain", "application/json", EVENT_STREAM))
     if media_type == EVENT_STREAM:
-        return await _follow_job(request, resume_from(request, query.after), _render_log)
+        return await _follow_job(request, after, _render_log)
     service: JobService = request.state.service
-    lines = await run_in_threadpool(service.logs, request.path_params["job_id"], query.after)
+    lines = await run_in_threadpool(service.logs, request.path_params["job_id"], after)
     lines = lines[:query.limit]
     if media_type == "application/json":
         page = LogPage(lines=[LogLine.model_validate(line) for line in lines],
-                       next_after=lines[-1]["id"] if lines else query.after)
+                       next_after=lines[-1]["id"] if lines else after)
         return JSONResponse(page.model_dump(mode="json"))
     # One line per entry: a message's own line breaks and control characters are escaped.
     text = "".join(f"{line['at'].isoformat()} {line['level'].upper():<7} {inert(line['message'])}\n"
@@ -95,15 +97,16 @@ async def all_events(request: Request) -> Response:
     query = parse_query(FeedQuery, request)
     service: JobService = request.state.service
     keep = _feed_filter(query)
+    after = resume_from(request, query.after)
     if accepted(request, ("application/json", EVENT_STREAM)) == EVENT_STREAM:
         feed = request.state.feed
         given = "last-event-id" in request.headers or "after" in request.query_params
-        start = resume_from(request, query.after) if given else feed.last_id
+        start = after if given else feed.last_id
         return sse_response(follow(
             feed, mark=start, cursor=start, keep=keep, heartbeat_s=request.state.heartbeat_s,
             render=lambda e: frame(e["id"], e["kind"], EventView.model_validate(e).model_dump(mode="json")),
             read_store=partial(service.events_after, limit=1000)))
-    events = await run_in_threadpool(service.events_after, query.after, query.limit)
+    events = await run_in_threadpool(service.events_after, after, query.limit)
     return JSONResponse(EventPage(events=[EventView.model_validate(e) for e in events if keep(e)],
-                                  next_after=events[-1]["id"] if events else query.after
+                                  next_after=events[-1]["id"] if events else after
                                   ).model_dump(mode="json"))
