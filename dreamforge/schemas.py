@@ -178,3 +178,42 @@ class ErrorBody(BaseModel):
 
 class ErrorEnvelope(BaseModel):
     error: ErrorBody
+
+
+# -- the watch, list and fetch endpoints (issue #13) ---------------------------------------------
+
+class JobPageView(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None = Field(default=None, description="Pass as ?cursor= for the next page; "
+                                                              "null on the last page.")
+
+
+class EventView(BaseModel):
+    id: int = Field(description="Increases with every event of every job; SSE's id:.")
+    job_id: str
+    at: datetime
+    kind: Literal["status", "progress", "log", "error"]
+    payload: dict[str, Any]
+    job_type: str | None = Field(default=None, description="Set on /v1/events.")
+
+
+class EventPage(BaseModel):
+    events: list[EventView]
+    next_after: int = Field(description="Pass as ?after= for the events after these (the `after` "
+                                        "given when there were none).")
+
+
+class LogLine(BaseModel):
+    id: int = Field(description="The event id the line came from; ?after= and Last-Event-ID take it.")
+    at: datetime
+    level: str
+    message: str
+
+
+class LogPage(BaseModel):
+    lines: list[LogLine]
+    next_after: int
+
+
+class ArtifactList(BaseModel):
+    artifacts: list[ArtifactView]

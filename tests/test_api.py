@@ -266,7 +266,7 @@ def test_submit_get_and_list(api):
     assert api.get(f"/v1/jobs/{created['id']}").json()["id"] == created["id"]
     listed = api.get("/v1/jobs", params={"status": "queued", "limit": 5}).json()
     assert [v["id"] for v in listed["jobs"]] == [created["id"]]
-    assert api.get("/v1/jobs", params={"status": "failed"}).json() == {"jobs": []}
+    assert api.get("/v1/jobs", params={"status": "failed"}).json() == {"jobs": [], "next_cursor": None}
 
 
 def test_idempotency_key(api):

@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -16,11 +15,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dreamforge.errors import InvalidRequest
-from dreamforge.schemas import JobStatus, JobView, field_errors, parse_request
+from dreamforge.schemas import JobView, parse_request
+from dreamforge.server import content, watch
 from dreamforge.server.body import read_json
 from dreamforge.server.errors import EXCEPTION_HANDLERS, envelope
 from dreamforge.server.metrics import make_registry, metrics_text
 from dreamforge.server.middleware import VISIBLE, RequestContext
+from dreamforge.server.query import ListQuery, NoQuery, parse_query
+from dreamforge.server.sse import HEARTBEAT_S
 from dreamforge.service import JobService
 from dreamforge.settings import Settings
 from dreamforge.text import inert
@@ -64,23 +66,22 @@ async def create_job(request: Request) -> Response:
 
 
 def get_job(request: Request) -> Response:
+    parse_query(NoQuery, request)
     return _view_response(_service(request).get(request.path_params["job_id"]))
 
 
-class ListQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    status: JobStatus | None = None
-    limit: int = Field(default=20, ge=1, le=1000)
-
-
 def list_jobs(request: Request) -> Response:
-    try:
-        query = ListQuery.model_validate(dict(request.query_params))
-    except ValidationError as exc:
-        details = field_errors(exc)
-        raise InvalidRequest(details[0]["message"], details=details) from None
-    views = _service(request).list_jobs(query.status.value if query.status else None, query.limit)
-    return JSONResponse({"jobs": [public_view(v) for v in views]})
+    q = parse_query(ListQuery, request)
+    page = _service(request).page_jobs([s.value for s in q.status] if q.status else None, q.type,
+                                       created_after=q.created_after, created_before=q.created_before,
+                                       cursor=q.cursor, limit=q.limit)
+    return JSONResponse({"jobs": [public_view(v) for v in page.jobs], "next_cursor": page.next_cursor})
+
+
+def cancel_job(request: Request) -> Response:
+    """Idempotent: a job canceled already gives the same view again."""
+    parse_query(NoQuery, request)
+    return _view_response(_service(request).cancel(request.path_params["job_id"]))
 
 
 def healthz(request: Request) -> Response:
@@ -116,6 +117,12 @@ async def jobs(request: Request) -> Response:
 ROUTES = [
     Route("/v1/jobs", jobs, methods=["GET", "POST"]),
     Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/events", watch.job_events, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/logs", watch.job_logs, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/artifacts", content.artifacts, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/artifacts/{item:int}/content", content.content, methods=["GET"]),
+    Route("/v1/events", watch.all_events, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
@@ -123,9 +130,10 @@ ROUTES = [
 
 
 def create_app(settings: Settings, *, service: JobService | None = None,
-               embedded_worker: bool = False) -> Starlette:
+               embedded_worker: bool = False, heartbeat_s: float = HEARTBEAT_S) -> Starlette:
     """The API. ``embedded_worker`` also runs a worker thread in this process (the embedded
-    default of ``df serve``, so that one command is a working system)."""
+    default of ``df serve``, so that one command is a working system). ``heartbeat_s``: the
+    quiet after which an event stream sends a keep-alive comment."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -137,9 +145,13 @@ def create_app(settings: Settings, *, service: JobService | None = None,
 
             worker = EmbeddedWorker(svc, make_runner(settings))
             worker.start()
+        feed = svc.event_feed()  # one per process: every stream waits on it
+        await feed.start()
         try:
-            yield {"service": svc, "metrics": make_registry(svc)}
+            yield {"service": svc, "metrics": make_registry(svc), "feed": feed,
+                   "heartbeat_s": heartbeat_s}
         finally:
+            await feed.stop()
             if worker is not None:
                 await run_in_threadpool(worker.stop)
             if service is None:

@@ -33,6 +33,7 @@ STATUS_FOR = {
 CODE_FOR_STATUS = {
     400: "invalid_json", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
     409: "idempotency_conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+    416: "range_not_satisfiable",
     422: "validation_error", 503: "service_unavailable", 500: "internal_error",
 }
 

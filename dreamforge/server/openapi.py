@@ -9,7 +9,15 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from dreamforge import __version__
-from dreamforge.schemas import ErrorEnvelope, GenerateRequest, JobStatus, JobView
+from dreamforge.schemas import (
+    ArtifactList,
+    ErrorEnvelope,
+    EventPage,
+    GenerateRequest,
+    JobPageView,
+    JobView,
+    LogPage,
+)
 
 SPEC_PATH = Path("docs/openapi/openapi.v1.json")
 REF = "#/components/schemas/{model}"
@@ -59,6 +67,11 @@ REQUEST_ID = {"name": "X-Request-ID", "in": "header", "required": False,
               "schema": {"type": "string"}}
 UNAUTHORIZED = _error("Missing or wrong bearer token (when DF_API_TOKEN is set)", "unauthorized",
                       "a valid bearer token is required")
+JOB_ID_PARAM = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+NOT_FOUND = _error("No such job (the id is cut to 100 characters when echoed)", "not_found",
+                   "no job with id '…'")
+BAD_QUERY = _error("A query parameter or header is malformed, out of bounds or unknown",
+                   "validation_error", "limit: input should be less than or equal to 1000")
 UNAVAILABLE = _error("The job store or the queue is unreachable", "service_unavailable",
                      "job store unreachable")
 
@@ -66,8 +79,12 @@ UNAVAILABLE = _error("The job store or the queue is unreachable", "service_unava
 def build_spec(token_required: bool = True) -> dict[str, Any]:
     """The v1 contract. ``token_required`` False describes a server without DF_API_TOKEN (the
     bearer token then becomes optional); the committed document is the deployed shape."""
+    from dreamforge.server.watch_spec import watch_paths
+
     _, defs = models_json_schema([(GenerateRequest, "validation"), (JobView, "serialization"),
-                                  (ErrorEnvelope, "serialization")], ref_template=REF)
+                                  (ErrorEnvelope, "serialization"), (JobPageView, "serialization"),
+                                  (EventPage, "serialization"), (LogPage, "serialization"),
+                                  (ArtifactList, "serialization")], ref_template=REF)
     paths = {
         "/v1/jobs": {
             "post": {
@@ -86,7 +103,10 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                                                      "description": "/v1/jobs/{id}"}},
                             "links": {"GetJob": {"operationId": "getJob",
                                                  "parameters": {"job_id": "$response.body#/id"},
-                                                 "description": "The job just submitted"}}},
+                                                 "description": "The job just submitted"},
+                                      "CancelJob": {"operationId": "cancelJob",
+                                                    "parameters": {"job_id": "$response.body#/id"},
+                                                    "description": "Cancel the job just submitted"}}},
                     "400": _error("The body is not JSON", "invalid_json", "request body is not valid JSON"),
                     "401": UNAUTHORIZED,
                     "409": _error("Idempotency-Key reused with another body", "idempotency_conflict",
@@ -100,34 +120,15 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                     "503": UNAVAILABLE,
                 },
             },
-            "get": {
-                "operationId": "listJobs", "summary": "Recent jobs, newest first",
-                "parameters": [REQUEST_ID,
-                               {"name": "status", "in": "query", "required": False,
-                                "schema": {"type": "string", "enum": [s.value for s in JobStatus]}},
-                               {"name": "limit", "in": "query", "required": False,
-                                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}}],
-                "responses": {
-                    "200": {"description": "Jobs", "content": {"application/json": {
-                        "schema": {"type": "object", "required": ["jobs"], "properties": {
-                            "jobs": {"type": "array", "items": {"$ref": REF.format(model="JobView")}}}},
-                        "example": {"jobs": [EXAMPLE_JOB]}}}},
-                    "401": UNAUTHORIZED,
-                    "422": _error("A bad query parameter", "validation_error",
-                                  "limit: input should be less than or equal to 1000"),
-                    "503": UNAVAILABLE,
-                },
-            },
+            "get": watch_paths()["/v1/jobs"]["get"],
         },
         "/v1/jobs/{job_id}": {"get": {
             "operationId": "getJob", "summary": "One job: status, steps, progress, artifacts, error",
-            "parameters": [REQUEST_ID, {"name": "job_id", "in": "path", "required": True,
-                                        "schema": {"type": "string"}}],
+            "parameters": [REQUEST_ID, JOB_ID_PARAM],
             "responses": {"200": _job("The job", EXAMPLE_JOB), "401": UNAUTHORIZED,
-                          "404": _error("No such job (the id is cut to 100 characters when echoed)",
-                                        "not_found", "no job with id '…'"),
-                          "503": UNAVAILABLE},
+                          "404": NOT_FOUND, "422": BAD_QUERY, "503": UNAVAILABLE},
         }},
+        **{path: ops for path, ops in watch_paths().items() if path != "/v1/jobs"},
         "/healthz": {"get": {"operationId": "healthz", "summary": "The process is up",
                              "responses": {"200": {"description": "Up", "content": {"application/json": {
                                  "schema": {"type": "object", "properties": {"status": {"type": "string"}}},
