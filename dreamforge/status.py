@@ -6,6 +6,9 @@ from __future__ import annotations
 import enum
 import uuid
 
+# What a job type looks like (generate, and later img2img, inpaint, download), for filters.
+JOB_TYPE_PATTERN = r"^[a-z0-9_]{1,32}$"
+
 
 class JobStatus(enum.StrEnum):
     queued = "queued"

@@ -22,7 +22,7 @@ from dreamforge.cli.common import (
     open_service,
     print_json,
 )
-from dreamforge.status import JobStatus
+from dreamforge.status import JOB_TYPE_PATTERN, JobStatus
 
 if TYPE_CHECKING:
     from dreamforge.schemas import JobView
@@ -32,7 +32,7 @@ app = typer.Typer(help="List, show, follow and cancel jobs; read their logs.", *
 RELATIVE = re.compile(r"^(\d{1,6})([smhdw])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # The job types GET /v1/jobs accepts in ?type=.
-TYPE_PATTERN = re.compile(r"^[a-z0-9_]{1,32}$")
+TYPE_PATTERN = re.compile(JOB_TYPE_PATTERN)
 
 
 def parse_time(option: str, value: str | None, now: datetime | None = None) -> datetime | None:

@@ -226,7 +226,9 @@ def serve(
     embedded = settings.queue_url.startswith("sqlite") if worker is None else worker
     app_ = create_app(settings, embedded_worker=embedded)
     uvicorn.run(app_, host=host or settings.api_host, port=port or settings.api_port,
-                log_level="info", access_log=True, timeout_graceful_shutdown=30)
+                # Requests in flight finish within ms; open event streams would hold a stop for the
+                # whole grace, so they are cut after it and their clients resume with Last-Event-ID.
+                log_level="info", access_log=True, timeout_graceful_shutdown=5)
 
 
 SPEC_IN_REPO = Path("docs/openapi/openapi.v1.json")

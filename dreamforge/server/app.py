@@ -50,6 +50,15 @@ def _view_response(view: JobView, status: int = 200, headers: dict[str, str] | N
     return JSONResponse(public_view(view), status_code=status, headers=headers)
 
 
+def idempotency_scope(request: Request) -> str:
+    """Whose keys an Idempotency-Key lives among: the API token's holder, or, with no token,
+    the client's address (two clients that pick the same key never get each other's job)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return "token:" + token.strip()
+    return "client:" + (request.client.host if request.client else "")
+
+
 async def create_job(request: Request) -> Response:
     data = await read_json(request)
     key = request.headers.get("idempotency-key")
@@ -58,7 +67,8 @@ async def create_job(request: Request) -> Response:
                              details=[{"field": "Idempotency-Key", "message": "1-255 visible characters"}])
     job_request = parse_request(data)  # strict: the model refuses `true` or "64" for an integer
     submitted = await run_in_threadpool(_service(request).submit, job_request,
-                                        correlation_id=request.state.request_id, idempotency_key=key)
+                                        correlation_id=request.state.request_id, idempotency_key=key,
+                                        idempotency_scope=idempotency_scope(request))
     headers = {"Location": f"/v1/jobs/{submitted.view.id}"}
     if not submitted.created:
         headers["Idempotent-Replayed"] = "true"
@@ -74,7 +84,7 @@ def list_jobs(request: Request) -> Response:
     q = parse_query(ListQuery, request)
     page = _service(request).page_jobs([s.value for s in q.status] if q.status else None, q.type,
                                        created_after=q.created_after, created_before=q.created_before,
-                                       cursor=q.cursor, limit=q.limit)
+                                       error_code=q.code, cursor=q.cursor, limit=q.limit)
     return JSONResponse({"jobs": [public_view(v) for v in page.jobs], "next_cursor": page.next_cursor})
 
 
@@ -82,6 +92,13 @@ def cancel_job(request: Request) -> Response:
     """Idempotent: a job canceled already gives the same view again."""
     parse_query(NoQuery, request)
     return _view_response(_service(request).cancel(request.path_params["job_id"]))
+
+
+def retry_job(request: Request) -> Response:
+    """A failed or canceled job, run again as a new job (202, Location of the new job)."""
+    parse_query(NoQuery, request)
+    view = _service(request).retry(request.path_params["job_id"], correlation_id=request.state.request_id)
+    return _view_response(view, 202, {"Location": f"/v1/jobs/{view.id}"})
 
 
 def healthz(request: Request) -> Response:
@@ -118,6 +135,7 @@ ROUTES = [
     Route("/v1/jobs", jobs, methods=["GET", "POST"]),
     Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),
     Route("/v1/jobs/{job_id}/events", watch.job_events, methods=["GET"]),
     Route("/v1/jobs/{job_id}/logs", watch.job_logs, methods=["GET"]),
     Route("/v1/jobs/{job_id}/artifacts", content.artifacts, methods=["GET"]),

@@ -12,6 +12,7 @@ from starlette.requests import Request
 
 from dreamforge.errors import InvalidRequest
 from dreamforge.schemas import JobStatus, field_errors
+from dreamforge.status import JOB_TYPE_PATTERN
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -19,7 +20,7 @@ EVENT_STREAM = "text/event-stream"
 MAX_LIMIT = 1000
 THUMB_SIZES = (64, 128, 256, 512)
 # A job type: what GenerateRequest.type (and the later job types) may be.
-TYPE_PATTERN = "^[a-z0-9_]{1,32}$"
+TYPE_PATTERN = JOB_TYPE_PATTERN
 
 
 # What a client may send: 18 digits. The store's event ids are 32-bit integers (tables.Event.id),
@@ -51,6 +52,8 @@ class ListQuery(Query):
     type: str | None = Field(default=None, pattern=TYPE_PATTERN)
     created_after: datetime | None = None
     created_before: datetime | None = None
+    code: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,64}$", description="Only jobs that failed "
+                             "with this error code.")
     cursor: str | None = Field(default=None, max_length=500)
     limit: int = Field(default=20, ge=1, le=MAX_LIMIT)
 

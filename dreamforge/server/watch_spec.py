@@ -71,6 +71,8 @@ def watch_paths() -> dict[str, dict[str, Any]]:
                    "Jobs created after this time (RFC 3339; no offset means UTC)."),
                 _q("created_before", {"type": "string", "format": "date-time"},
                    "Jobs created before this time."),
+                _q("code", {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"},
+                   "Only jobs that failed with this error code (storage_error, worker_lost, …)."),
                 _q("cursor", {"type": "string", "maxLength": 500}, "next_cursor of the previous page."),
                 _q("limit", {**LIMIT, "default": 20}, "Jobs per page.")],
             "responses": {"200": {"description": "A page of jobs",
@@ -87,6 +89,18 @@ def watch_paths() -> dict[str, dict[str, Any]]:
                           **job_base,
                           "409": _error("The job had succeeded or failed", "job_not_cancelable",
                                         "job … has succeeded and can't be canceled")}}},
+        "/v1/jobs/{job_id}/retry": {"post": {
+            "operationId": "retryJob", "summary": "Run a failed or canceled job again, as a new job",
+            "description": "The new job has the same parameters (its recorded seed included, so the same "
+                           "image) and names the job it retries in `retry_of`; the old job stays as it "
+                           "ended. Only failed and canceled jobs are retried.",
+            "parameters": job,
+            "responses": {"202": _job("The new job, queued", {**EXAMPLE_JOB, "status": "queued",
+                                                             "retry_of": EXAMPLE_JOB["id"], "artifacts": [],
+                                                             "summary": {"count": 1, "completed": 0}}),
+                          **job_base,
+                          "409": _error("The job is queued, running or succeeded", "job_not_retryable",
+                                        "job … has succeeded; only failed or canceled jobs are retried")}}},
         "/v1/jobs/{job_id}/events": {"get": {
             "operationId": "jobEvents", "summary": "The job's events, oldest first",
             "description": ACCEPT_NOTE,
