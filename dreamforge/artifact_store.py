@@ -116,7 +116,7 @@ class LocalStore:
         try:
             return self.path(key).read_bytes()
         except OSError as exc:
-            raise StorageError(f"could not read {self.path(key)}: {exc.strerror or exc}") from exc
+            raise StorageError(f"could not read {key}: {exc.strerror or exc}") from exc
 
     def locate(self, key: str) -> dict[str, str]:
         path = self.path(key)

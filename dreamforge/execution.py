@@ -156,17 +156,20 @@ class Executor:
                                    if k in Generation.__dataclass_fields__})
 
         written = checked = 0.0
+        recorded = -1
 
         def on_progress(current: int, total: int) -> None:
             # Coalesced: at most one progress write per PROGRESS_EVERY_S, and always the last
             # step. Between writes, a cheap read every CANCEL_CHECK_S notices a cancel (or a
-            # reclaim) within a step and that long.
-            nonlocal written, checked
+            # reclaim) within a step and that long. Runners may call this between steps too,
+            # with the step they are on, just to ask whether the job is still wanted.
+            nonlocal written, checked, recorded
             now = time.monotonic()
             try:
-                if current >= total or now - written >= PROGRESS_EVERY_S:
+                if current != recorded and (current >= total or now - written >= PROGRESS_EVERY_S):
                     held = service.progress(fence, current, total)
                     written = checked = now
+                    recorded = current
                 elif now - checked >= CANCEL_CHECK_S:
                     held = service.holds(fence)
                     checked = now

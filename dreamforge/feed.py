@@ -6,6 +6,11 @@ The feed learns that something happened from a wake-up where the store has one (
 ``LISTEN/NOTIFY``, fired by a trigger on the events table) and by polling where it hasn't (SQLite);
 either way it reads the events table by id, so a missed wake-up delays an event, never loses it.
 Each event is kept in a bounded ring; a stream whose cursor fell behind the ring reads the store.
+
+Streams follow event ids, so the feed publishes events in id order with no hole: on PostgreSQL a
+transaction can commit event 11 before another commits event 10 (ids come from a sequence, taken
+before commit). Where the ids it reads skip one, the feed holds back what follows the hole for up
+to GAP_WAIT_S, then gives the missing ids up (a rolled-back transaction never fills them).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHANNEL = "dreamforge_events"
+GAP_WAIT_S = 2.0
 
 
 class EventFeed:
@@ -37,6 +43,10 @@ class EventFeed:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listen = job_store.url.startswith("postgresql")
+        # SQLite commits one writer at a time, so its ids arrive in order: a hole there is rows
+        # deleted (a withdrawn or pruned job), nothing to wait for.
+        self._gap_wait = GAP_WAIT_S if self._listen else 0.0
+        self._hole_since: float | None = None
 
     @property
     def last_id(self) -> int:
@@ -108,12 +118,30 @@ class EventFeed:
                 await self._read_new()
 
     async def _read_new(self) -> None:
-        new = await run_in_threadpool(self.job_store.events_after, self._last_id, 1000)
-        if not new:
-            return
-        self._ring.extend(new)
-        self._last_id = new[-1]["id"]
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-        if len(new) == 1000:
+        # Re-read from the last published id: what was held behind a hole comes back with it.
+        read = await run_in_threadpool(self.job_store.events_after, self._last_id, 1000)
+        publish = self._in_order(read)
+        if publish:
+            self._ring.extend(publish)
+            self._last_id = publish[-1]["id"]
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+        if len(read) == 1000 and publish:
             await self._read_new()
+
+    def _in_order(self, read: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events that can go out now: ids from last_id + 1 on without a hole; past a hole
+        only once it has been open for GAP_WAIT_S."""
+        loop = asyncio.get_running_loop()
+        expected, publish = self._last_id + 1, []
+        for event in read:
+            if event["id"] != expected and self._last_id:
+                if self._hole_since is None:
+                    self._hole_since = loop.time()
+                if loop.time() - self._hole_since < self._gap_wait:
+                    break
+                log.info("event feed: ids %d..%d never committed; going on", expected, event["id"] - 1)
+            self._hole_since = None
+            publish.append(event)
+            expected = event["id"] + 1
+        return publish

@@ -69,7 +69,9 @@ def encode_cursor(created_at: datetime, job_id: str) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(created), str(job_id)
+        if not is_job_id(job_id):
+            raise ValueError("not a job id")
+        return datetime.fromisoformat(created), job_id
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         raise InvalidRequest("cursor is not one this server gave out",
                              details=[{"field": "cursor", "message": "use next_cursor as given"}]) from exc

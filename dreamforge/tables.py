@@ -73,7 +73,10 @@ class Event(SQLModel, table=True):
     __tablename__ = "events"
     __table_args__ = (sa.Index("ix_events_job_id_id", "job_id", "id"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    # Every progress write is an event: 64-bit ids (SQLite's rowid is 64-bit already, and must stay
+    # INTEGER to remain the rowid).
+    id: int | None = Field(default=None, primary_key=True,
+                           sa_type=sa.BigInteger().with_variant(sa.Integer(), "sqlite"))
     job_id: str = Field(foreign_key="jobs.id", index=True, max_length=36, ondelete="CASCADE")
     at: datetime = _ts()
     kind: str = Field(max_length=16)

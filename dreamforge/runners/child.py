@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from dreamforge.settings import Settings
 
 log = logging.getLogger("dreamforge.runner")
+TICK_S = 0.05
 
 
 def model_not_found(settings: Settings) -> RunnerError | None:
@@ -77,11 +79,16 @@ class ChildRunner:
             self._conn.close()
         self._proc, self._conn = None, None
 
-    def _receive(self, timeout_s: float, doing: str) -> tuple[Any, ...]:
+    def _receive(self, timeout_s: float, doing: str,
+                 tick: Callable[[], None] | None = None) -> tuple[Any, ...]:
+        """The child's next message; ``tick`` runs every TICK_S while waiting (and may raise)."""
         assert self._conn is not None and self._proc is not None
         deadline = time.monotonic() + timeout_s
         while True:
-            if self._conn.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+            if tick is not None:
+                tick()
+            wait = TICK_S if tick is not None else 1.0
+            if self._conn.poll(min(wait, max(0.0, deadline - time.monotonic()))):
                 try:
                     return self._conn.recv()
                 except (EOFError, OSError):
@@ -113,10 +120,25 @@ class ChildRunner:
                 self._start()
             assert self._conn is not None
             self._conn.send(("generate", request))
+            last: tuple[int, int] | None = None
+
+            def still_wanted() -> None:
+                # Between steps too, so a cancel reaches the child within a step plus the
+                # caller's check interval, not two steps.
+                if last is not None:
+                    on_progress(*last)
+
             while True:
-                message = self._receive(self.settings.step_timeout_s, "generating")
+                try:
+                    message = self._receive(self.settings.step_timeout_s, "generating", still_wanted)
+                except RunnerError:
+                    raise
+                except BaseException:
+                    self._interrupt()
+                    raise
                 kind = message[0]
                 if kind == "progress":
+                    last = (message[1], message[2])
                     try:
                         on_progress(message[1], message[2])
                     except BaseException:

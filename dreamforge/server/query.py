@@ -27,7 +27,7 @@ TYPE_PATTERN = JOB_TYPE_PATTERN
 # so anything past 2**31 - 1 means "after every event" and is read as that, not sent to SQL,
 # where PostgreSQL would refuse to compare it.
 MAX_EVENT_ID = 10**18 - 1
-STORE_MAX_EVENT_ID = 2**31 - 1
+STORE_MAX_EVENT_ID = 2**63 - 1  # event ids are 64-bit in both stores
 _EVENT_ID = re.compile(r"^[0-9]{1,18}\Z")
 
 

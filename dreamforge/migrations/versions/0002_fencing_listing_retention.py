@@ -1,5 +1,6 @@
-"""Fenced uploads and fleet-wide chores; indexes for keyset listing and event paging; idempotency
-keys that expire; retries that name the job they retry; the trigger that wakes event feeds.
+"""64-bit event ids on PostgreSQL; fenced uploads and fleet-wide chores; indexes for keyset
+listing and event paging; idempotency keys that expire; retries that name the job they retry;
+the trigger that wakes event feeds.
 
 Revision ID: 0002
 Revises: 0001
@@ -45,5 +46,8 @@ def upgrade() -> None:
     op.create_index('ix_jobs_status_created_id', 'jobs', ['status', 'created_at', 'id'], unique=False)
     op.create_index('ix_jobs_type_created_id', 'jobs', ['type', 'created_at', 'id'], unique=False)
     if op.get_bind().dialect.name == "postgresql":
+        op.alter_column('events', 'id', type_=sa.BigInteger(), existing_type=sa.Integer(),
+                        existing_nullable=False)
+        op.execute("ALTER SEQUENCE IF EXISTS events_id_seq AS bigint")
         op.execute(PG_NOTIFY_FUNCTION)
         op.execute(PG_NOTIFY_TRIGGER)
