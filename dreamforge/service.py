@@ -104,6 +104,30 @@ class Claim:
     correlation_id: str | None
 
 
+def _schema_store(settings: Settings) -> JobStore:
+    from dreamforge.job_store import JobStore
+
+    return JobStore(settings.database_url, pool_size=1, max_overflow=0)
+
+
+def upgrade_schema(settings: Settings) -> tuple[str | None, str]:
+    """`df db upgrade`: migrate the job store to this version's head (under the schema lock)."""
+    store = _schema_store(settings)
+    try:
+        return store.upgrade_schema()
+    finally:
+        store.close()
+
+
+def schema_revision(settings: Settings) -> str | None:
+    """`df db current`: the job store's revision, without upgrading it."""
+    store = _schema_store(settings)
+    try:
+        return store.schema_revision()
+    finally:
+        store.close()
+
+
 class JobService:
     def __init__(self, settings: Settings, job_store: JobStore, queue: JobQueue | None = None,
                  artifact_store: ArtifactStore | None = None):

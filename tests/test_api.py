@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,16 +19,11 @@ from dreamforge.server.app import create_app
 from dreamforge.service import JobService
 from dreamforge.settings import Settings
 from tests.conftest import ROOT, df_command
+from tests.servers import free_port
 
 SMOKE_BODY = ('{"type":"generate","prompt":"an old-growth forest at dawn","width":1024,"height":1024,'
               '"steps":24,"guidance":7.0,"format":"png"}')
 TOKEN = "s3cret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

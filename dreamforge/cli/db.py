@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from dreamforge.cli import render
 from dreamforge.cli.common import TYPER_OPTIONS, handle_errors, load_settings, print_json
 
-if TYPE_CHECKING:
-    from dreamforge.job_store import JobStore
-
 app = typer.Typer(help="The job store's schema: upgrade it, or say where it is.", **TYPER_OPTIONS)
-
-
-def _store() -> JobStore:
-    from dreamforge.job_store import JobStore
-
-    settings = load_settings()
-    return JobStore(settings.database_url, pool_size=1, max_overflow=0)
 
 
 @app.command("upgrade")
@@ -27,7 +17,9 @@ def _store() -> JobStore:
 def upgrade(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """Migrate the schema to this version's head revision (every process also does this at
     start-up unless DF_DB_AUTO_UPGRADE=0). Safe beside running processes and other upgrades."""
-    before, after = _store().upgrade_schema()
+    from dreamforge.service import upgrade_schema
+
+    before, after = upgrade_schema(load_settings())
     if as_json:
         print_json({"before": before, "after": after})
     elif before == after:
@@ -41,8 +33,9 @@ def upgrade(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.
 def current(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """The schema's revision and the one this version needs (exit 1 when they differ)."""
     from dreamforge.migrate import HEAD_REVISION
+    from dreamforge.service import schema_revision
 
-    revision = _store().schema_revision()
+    revision = schema_revision(load_settings())
     if as_json:
         print_json({"current": revision, "head": HEAD_REVISION})
     else:
