@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-from dreamforge import imaging
+from dreamforge import imaging, metrics
 from dreamforge.artifact_store import CONTENT_TYPES, artifact_key
 from dreamforge.errors import BackendUnavailable, DreamForgeError, RunnerError, StorageError
 from dreamforge.moves import Fence, JobFailure
@@ -121,10 +121,23 @@ class Executor:
         with self._lock:
             self._held[job_id] = claim.fence
         try:
-            return self._run(claim.fence, claim.params, jlog)
+            with metrics.attempt(self._queued_s(job_id)) as attempt:
+                status = self._run(claim.fence, claim.params, jlog)
+                attempt.ended(status)
+                return status
         finally:
             with self._lock:
                 self._held.pop(job_id, None)
+
+    def _queued_s(self, job_id: str) -> float | None:
+        """For the queued-time metric: creation to this claim, both on the job store's clock
+        (the claim just set updated_at). Best effort: a metric is not worth failing a job."""
+        try:
+            job = self.service.job_store.job(job_id)
+            return (job["updated_at"] - job["created_at"]).total_seconds()
+        except Exception as exc:
+            log.debug("[job=%s] queued time not measured: %s", job_id, exc)
+            return None
 
     def _run(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | None:
         try:
@@ -132,6 +145,7 @@ class Executor:
         except LostJob:
             if self.service.job_store.job_state(fence.job_id) == "canceled":
                 log.info("[job=%s] canceled: the run stopped and stored nothing", fence.job_id)
+                metrics.finished("canceled")
                 return "canceled"
             jlog.warning("lost the job to another worker; dropping this run")
             return None
@@ -207,6 +221,8 @@ class Executor:
             self._remove_unconfirmed(key, jlog)
             raise LostJob(fence.job_id)
         jlog.info("succeeded: %s (%d bytes)", key, len(data))
+        metrics.succeeded(timings, request.steps, request.format)
+        metrics.gpu_memory(getattr(result, "gpu_memory", None))
         return "succeeded"
 
     def _begin_upload(self, fence: Fence, result: Any, fmt: str) -> str:
@@ -259,6 +275,8 @@ class Executor:
         status = self._patiently(f"[job={fence.job_id}] recording failure",
                                  lambda: self.service.fail_attempt(
                                      fence, failure, unwritten_upload=unwritten_upload))
+        if status is not None:
+            metrics.finished(status, failure.code)
         if status == "queued":
             jlog.warning("attempt %d of %d ended with %s; back to the queue", fence.attempt,
                          self.service.settings.max_attempts, failure.code)

@@ -21,6 +21,7 @@ from huey import signals as huey_signals
 from huey.consumer import Consumer
 from huey.consumer import Worker as HueyWorker
 
+from dreamforge import metrics
 from dreamforge.errors import DreamForgeError
 from dreamforge.execution import Executor
 from dreamforge.runners import Runner
@@ -126,7 +127,8 @@ class WorkerRuntime:
                                       self.executor.held(), register=self.register)
 
     def reap(self) -> None:
-        self.service.reclaim_silent()
+        for _job_id, status in self.service.reclaim_silent():
+            metrics.finished(status, "worker_lost")
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + self.service.settings.orphan_sweep_interval_s
             self.service.requeue_orphans(self.worker_id)
@@ -173,9 +175,11 @@ def run_worker(service: JobService, runner: Runner, concurrency: int = 1) -> Non
              service.queue.describe(), runner.name, concurrency)
     runner.warm()
     runtime.start()
+    metrics.worker_started(runtime.worker_id, runner.name, concurrency)
     try:
         consumer.run()
     finally:
+        metrics.worker_stopped(runtime.worker_id, runner.name)
         runtime.stop()
         log.info("worker %s stopped", runtime.worker_id)
 
@@ -254,6 +258,7 @@ class EmbeddedWorker:
     def start(self) -> None:
         self.runtime.start()
         self._thread.start()
+        metrics.worker_started(self.runtime.worker_id, self.runner.name, 1)
         log.info("embedded worker %s started", self.runtime.worker_id)
 
     def _loop(self) -> None:
@@ -266,4 +271,5 @@ class EmbeddedWorker:
         self._stop.set()
         self._thread.join(timeout=self.settings.shutdown_grace_s)
         self.runtime.hand_back_held("server stopped")
+        metrics.worker_stopped(self.runtime.worker_id, self.runner.name)
         self.runtime.stop()

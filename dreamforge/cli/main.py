@@ -177,6 +177,9 @@ def generate(
 def worker(
     concurrency: Annotated[int, typer.Option(min=1, max=64,
                                              help="Jobs at once; keep 1 per GPU.")] = 1,
+    metrics_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="Serve Prometheus metrics on this port (DF_METRICS_PORT; default "
+                               "off), bound to DF_METRICS_HOST (default loopback).")] = None,
 ) -> None:
     """Run a worker (Huey's consumer). SIGTERM drains gracefully; SIGINT stops now."""
     from dreamforge.runners import make_runner
@@ -184,7 +187,22 @@ def worker(
 
     settings = load_settings()
     setup_logging()
-    run_worker(open_service(settings), make_runner(settings), concurrency)
+    port = metrics_port or getattr(settings, "metrics_port", None)
+    exporter = None
+    if port:
+        from dreamforge import metrics
+
+        host = getattr(settings, "metrics_host", None) or "127.0.0.1"
+        try:
+            exporter = metrics.serve(port, host)
+        except OSError as exc:
+            fail(f"can't serve metrics on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE)
+        logging.getLogger("dreamforge.worker").info("metrics on http://%s:%d/metrics", host, port)
+    try:
+        run_worker(open_service(settings), make_runner(settings), concurrency)
+    finally:
+        if exporter is not None:
+            exporter.shutdown()
 
 
 @app.command()

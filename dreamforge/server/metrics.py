@@ -1,13 +1,19 @@
-"""Prometheus text for /metrics, read from the job store and the queue at scrape time."""
+"""Prometheus text for /metrics: what the job store and the queue say at scrape time, plus the
+metrics this process records itself (``dreamforge.metrics``: an embedded worker's, or, with
+PROMETHEUS_MULTIPROC_DIR set, every API process's added up).
+
+The store-derived gauges stay a collector run at scrape time, never per-process values: every API
+process would report the same numbers, and a sum over processes would multiply them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from dreamforge import metrics as process_metrics
 from dreamforge.errors import DreamForgeError
 from dreamforge.service import JobService
 
@@ -40,7 +46,15 @@ def metrics_text(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
+class ProcessCollector(Collector):
+    """This process's own metrics (or all processes' in multi-process mode), read at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from process_metrics.registry().collect()
+
+
 def make_registry(service: JobService) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobCollector(service))
+    registry.register(ProcessCollector())
     return registry
