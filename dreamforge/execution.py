@@ -121,23 +121,13 @@ class Executor:
         with self._lock:
             self._held[job_id] = claim.fence
         try:
-            with metrics.attempt(self._queued_s(job_id)) as attempt:
+            with metrics.attempt(claim.queued_s) as attempt:
                 status = self._run(claim.fence, claim.params, jlog)
                 attempt.ended(status)
                 return status
         finally:
             with self._lock:
                 self._held.pop(job_id, None)
-
-    def _queued_s(self, job_id: str) -> float | None:
-        """For the queued-time metric: creation to this claim, both on the job store's clock
-        (the claim just set updated_at). Best effort: a metric is not worth failing a job."""
-        try:
-            job = self.service.job_store.job(job_id)
-            return (job["updated_at"] - job["created_at"]).total_seconds()
-        except Exception as exc:
-            log.debug("[job=%s] queued time not measured: %s", job_id, exc)
-            return None
 
     def _run(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | None:
         try:

@@ -309,7 +309,8 @@ class JobStore:
                 step_values.update(progress_current=steps.c.progress_total)
         with self.write() as conn:
             row = conn.execute(jobs.update().where(*where).values(**values).returning(
-                jobs.c.params, jobs.c.attempts, jobs.c.correlation_id, jobs.c.worker_id)
+                jobs.c.params, jobs.c.attempts, jobs.c.correlation_id, jobs.c.worker_id,
+                jobs.c.created_at, jobs.c.updated_at)
             ).mappings().one_or_none()
             if row is None:
                 return None

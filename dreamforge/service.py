@@ -102,6 +102,8 @@ class Claim:
     fence: Fence
     params: dict[str, Any]
     correlation_id: str | None
+    # From the job's creation to this claim, on the job store's clock.
+    queued_s: float | None = None
 
 
 def _schema_store(settings: Settings) -> JobStore:
@@ -403,8 +405,10 @@ class JobService:
         row = self.job_store.apply(moves.claim(job_id, worker_id))
         if row is None:
             return None
+        # Both times come from the same driver, naive (SQLite) or aware (PostgreSQL) alike.
+        queued = (row["updated_at"] - row["created_at"]).total_seconds()
         return Claim(Fence(job_id, worker_id, row["attempts"]), dict(row["params"]),
-                     row["correlation_id"])
+                     row["correlation_id"], queued)
 
     def record_seed(self, fence: Fence, params: dict[str, Any]) -> bool:
         return self.job_store.record_seed(fence, params)

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
 
     fake_runner: bool = False
     fake_step_delay_s: float = Field(default=0.02, ge=0)
+    # `df worker` serves its own metrics here (prometheus-client); unset: off.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
     # The fake runner fails on demand, as the SDXL child can (see runners/fake.py).
     fake_failure: Literal["", "crash-once", "crash", "hang"] = ""
     generate_model_path: str | None = None

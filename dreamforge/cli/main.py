@@ -187,12 +187,12 @@ def worker(
 
     settings = load_settings()
     setup_logging()
-    port = metrics_port or getattr(settings, "metrics_port", None)
+    port = metrics_port or settings.metrics_port
     exporter = None
     if port:
         from dreamforge import metrics
 
-        host = getattr(settings, "metrics_host", None) or "127.0.0.1"
+        host = settings.metrics_host
         try:
             exporter = metrics.serve(port, host)
         except OSError as exc:

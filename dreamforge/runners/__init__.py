@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -35,6 +35,8 @@ class GeneratedImage:
     seed: int
     # Seconds the model itself took (the pipeline call), as the runner measured it.
     model_s: float | None = None
+    # CUDA only: {"device": "cuda:0", "allocated": bytes after the job, "peak": bytes during it}.
+    gpu_memory: dict[str, Any] | None = None
 
 
 class Runner(Protocol):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from dreamforge import metrics
 from dreamforge.errors import RunnerError
 from dreamforge.runners import GeneratedImage, Generation, ProgressCallback
 
@@ -57,6 +58,7 @@ class ChildRunner:
             raise missing
         from dreamforge.runners import sdxl_child
 
+        started = time.monotonic()
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=sdxl_child.main,
                                        args=(child, self.settings.model_dump(mode="json")),
@@ -68,6 +70,7 @@ class ChildRunner:
         if message[0] == "error":
             self._reap()
             raise RunnerError(message[2], code=message[1], details=message[3] if len(message) > 3 else None)
+        metrics.model_loaded(time.monotonic() - started)
         log.info("SDXL child %d ready: %s", self._proc.pid, message[1])
 
     def _reap(self) -> None:
@@ -78,6 +81,7 @@ class ChildRunner:
         if self._conn is not None:
             self._conn.close()
         self._proc, self._conn = None, None
+        metrics.model_loaded(None, loaded=0)
 
     def _receive(self, timeout_s: float, doing: str,
                  tick: Callable[[], None] | None = None) -> tuple[Any, ...]:
@@ -149,8 +153,9 @@ class ChildRunner:
                 elif kind == "result":
                     from PIL import Image
 
-                    mode, size, data, seed, model_s = message[1:]
-                    return GeneratedImage(Image.frombytes(mode, size, data), seed, model_s)
+                    mode, size, data, seed, model_s, gpu_memory = message[1:]
+                    return GeneratedImage(Image.frombytes(mode, size, data), seed, model_s,
+                                          gpu_memory)
                 elif kind == "error":
                     raise RunnerError(message[2], code=message[1])
 

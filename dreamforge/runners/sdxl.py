@@ -149,6 +149,9 @@ class SDXL:
 
         # A CPU generator gives the same starting noise on every device.
         generator = torch.Generator("cpu").manual_seed(request.seed)
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)  # the peak of this job, not the process's
         started = time.perf_counter()
         try:
             with torch.inference_mode():
@@ -167,4 +170,11 @@ class SDXL:
             raise RunnerError("the model produced NaN or infinite values (in float16 this is usually "
                               "the SDXL VAE overflowing); no image was stored", code="non_finite_output")
         image = self.pipe.numpy_to_pil(pixels[None])[0]
-        return GeneratedImage(image=image, seed=request.seed, model_s=time.perf_counter() - started)
+        gpu = None
+        if cuda:
+            index = torch.device(self.device).index
+            gpu = {"device": f"cuda:{torch.cuda.current_device() if index is None else index}",
+                   "allocated": torch.cuda.memory_allocated(self.device),
+                   "peak": torch.cuda.max_memory_allocated(self.device)}
+        return GeneratedImage(image=image, seed=request.seed, model_s=time.perf_counter() - started,
+                              gpu_memory=gpu)

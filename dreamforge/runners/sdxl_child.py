@@ -1,7 +1,7 @@
 """The runner child's main loop: load once, then answer generate requests until told to stop.
 
 Messages to the parent: ("ready", description) | ("progress", current, total) |
-("result", mode, size, pixels, seed) | ("error", code, message[, details]) | ("interrupted",).
+("result", mode, size, pixels, seed, model_s, gpu_memory) | ("error", code, message[, details]) | ("interrupted",).
 From the parent: ("generate", request) | ("interrupt",) (stop the generation at its next step) |
 ("stop",).
 """
@@ -61,7 +61,7 @@ def main(conn: Connection, settings_data: dict[str, Any]) -> None:
         try:
             image = model.generate(request, on_step)
             conn.send(("result", image.image.mode, image.image.size, image.image.tobytes(), image.seed,
-                       image.model_s))
+                       image.model_s, image.gpu_memory))
         except Interrupted:
             conn.send(("interrupted",))
         except RunnerError as exc:
