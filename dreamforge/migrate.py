@@ -49,8 +49,11 @@ def is_legacy(conn: Connection) -> bool:
 def upgrade(conn: Connection) -> tuple[str | None, str]:
     """Bring the schema to the head revision, on a connection that holds the schema lock.
     Returns (revision before, revision after)."""
+    import logging
+
     from alembic import command
 
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin
     before = current_revision(conn)
     if before == HEAD_REVISION:
         return before, before

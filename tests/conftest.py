@@ -106,7 +106,7 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 120) -> None:  # an SDXL child loads first: slow on a busy CPU
         deadline = time.monotonic() + timeout
         while "Huey consumer started" not in self.log():
             if self.proc.poll() is not None or time.monotonic() > deadline:
