@@ -94,6 +94,17 @@ def run_df(env: dict[str, str], *args: str, timeout: float = 60, **kw) -> subpro
                           text=True, timeout=timeout, **kw)
 
 
+def open_the_store_at_once(env: dict[str, str], processes: int = 10) -> None:
+    """Start ``processes`` Pythons at the same moment, each opening the job store the way every
+    door does (which creates or upgrades the schema); all of them must succeed."""
+    code = ("from dreamforge.service import JobService; from dreamforge.settings import Settings; "
+            "JobService.from_settings(Settings()).close()")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env},
+                              stderr=subprocess.PIPE, text=True) for _ in range(processes)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * processes, "\n".join(errors)
+
+
 class WorkerProcess:
     """A real `df worker` subprocess, with its log kept for assertions."""
 

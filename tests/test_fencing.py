@@ -26,7 +26,7 @@ from dreamforge.runners.fake import FakeRunner
 from dreamforge.schemas import parse_request
 from dreamforge.service import JobService
 from dreamforge.settings import Settings
-from tests.conftest import IN_CI, run_df
+from tests.conftest import IN_CI, open_the_store_at_once, run_df
 from tests.polling import runs_of, wait_status, wait_terminal, wait_until
 
 FAST = {"DF_HEARTBEAT_INTERVAL_S": "0.2", "DF_WORKER_TIMEOUT_S": "1.5", "DF_ORPHAN_SWEEP_INTERVAL_S": "0.5"}
@@ -145,12 +145,7 @@ def test_heartbeat_at_or_above_the_timeout_is_refused(df_env):
 def test_many_processes_create_the_schema_at_once(df_env):
     """Ten processes start on an empty database at the same moment (compose up on a fresh volume):
     the schema is made once, under PostgreSQL's advisory lock, and every one of them starts."""
-    code = "from dreamforge.service import JobService; from dreamforge.settings import Settings; " \
-           "JobService.from_settings(Settings()).job_store.ping()"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **df_env},
-                              stderr=subprocess.PIPE, text=True) for _ in range(10)]
-    errors = [p.communicate(timeout=60)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0] * 10, "\n".join(errors)
+    open_the_store_at_once(df_env)
 
 
 # -- fenced writes: a worker that lost its job touches nothing --------------------------------------

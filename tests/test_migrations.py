@@ -87,15 +87,8 @@ def test_auto_upgrade_off_refuses_an_old_schema_with_one_clear_line(df_env, monk
 
 @pytest.mark.parametrize("df_env", ["postgres_redis"], indirect=True)
 def test_ten_processes_upgrading_a_first_release_store_at_once(df_env):
-    import os
-    import subprocess
-    import sys
+    from tests.conftest import open_the_store_at_once
 
     load_first_release(Settings())
-    code = "from dreamforge.service import JobService; from dreamforge.settings import Settings; " \
-           "JobService.from_settings(Settings())"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **df_env},
-                              stderr=subprocess.PIPE, text=True) for _ in range(10)]
-    errors = [p.communicate(timeout=60)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0] * 10, "\n".join(errors)
+    open_the_store_at_once(df_env)
     assert JobStore(Settings().database_url).schema_revision() == migrate.HEAD_REVISION
