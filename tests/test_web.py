@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -42,7 +43,8 @@ def page_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     monkeypatch.chdir(tmp_path)
 
     def make(token: str | None = None) -> TestClient:
-        return TestClient(create_app(Settings(api_token=token)))  # no lifespan: no backend touched
+        kw: dict[str, Any] = {"api_token": token} if token else {}
+        return TestClient(create_app(Settings(**kw)))  # no lifespan: no backend touched
 
     yield make
 
@@ -272,7 +274,9 @@ def open_job(driver, job_id: str) -> None:
 
 def job_page_seed(driver) -> int:
     text = driver.find_element("id", "job-df").text
-    return int(re.search(r"--seed (\d+)", text).group(1))
+    found = re.search(r"--seed (\d+)", text)
+    assert found, text
+    return int(found.group(1))
 
 
 @BROWSER
@@ -284,7 +288,9 @@ def test_job_page_run_again_and_vary(page, server) -> None:
     assert str(seed) in page.find_element("id", "job-params").text
     assert "df generate 'a red fox, '\\''quoted'\\'''" in page.find_element("id", "job-df").text
     curl = page.find_element("id", "job-curl").text
-    body = json.loads(re.search(r"-d '(.*)'$", curl.replace("'\\''", "'")).group(1))
+    data = re.search(r"-d '(.*)'$", curl.replace("'\\''", "'"))
+    assert data, curl
+    body = json.loads(data.group(1))
     assert body["seed"] == seed and body["prompt"] == "a red fox, 'quoted'"
     assert page.find_element("id", "job-download").get_attribute("download").endswith(".png")
     wait(page, lambda d: "succeeded" in d.find_element("id", "job-events").text)
@@ -317,8 +323,8 @@ def test_screenshots(page, server, tmp_path: Path) -> None:
     for scheme in ("light", "dark"):
         page.execute_cdp_cmd("Emulation.setEmulatedMedia",
                              {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
-        for width, name in ((1280, "desktop"), (375, "phone")):
-            page.set_window_size(width, 1000)
+        for width, height, name in ((1280, 1500, "desktop"), (375, 1100, "phone")):
+            page.set_window_size(width, height)
             page.get(server.url + "/")
             wait(page, lambda d: thumbnail_shown(d, job_id))
             width_seen = page.execute_script("return document.documentElement.scrollWidth")

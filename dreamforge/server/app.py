@@ -176,5 +176,5 @@ def create_app(settings: Settings, *, service: JobService | None = None,
                 svc.close()
 
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    return Starlette(routes=[*ROUTES, *web.page_routes(token is not None)], lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
-                     middleware=[Middleware(RequestContext, api_token=token)])
+    return Starlette(routes=[*ROUTES, *web.page_routes(token is not None)], lifespan=lifespan,
+                     exception_handlers=EXCEPTION_HANDLERS, middleware=[Middleware(RequestContext, api_token=token)])
