@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from dreamforge.errors import InvalidRequest
 from dreamforge.schemas import JobView, parse_request
-from dreamforge.server import content, watch
+from dreamforge.server import content, watch, web
 from dreamforge.server.body import read_json
 from dreamforge.server.errors import EXCEPTION_HANDLERS, envelope
 from dreamforge.server.metrics import make_registry, metrics_text
@@ -176,5 +176,5 @@ def create_app(settings: Settings, *, service: JobService | None = None,
                 svc.close()
 
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    return Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
-                     middleware=[Middleware(RequestContext, api_token=token)])
+    return Starlette(routes=[*ROUTES, *web.page_routes(token is not None)], lifespan=lifespan,
+                     exception_handlers=EXCEPTION_HANDLERS, middleware=[Middleware(RequestContext, api_token=token)])
