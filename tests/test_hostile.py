@@ -156,7 +156,7 @@ def run_schemathesis(server, spec: Path, tmp_path: Path, *extra: str):
     return subprocess.run(
         [str(st), "--config-file", str(config), "run", str(spec), "--url", server.url, "--checks", "all",
          "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", "15", "--workers", "2",
-         "--suppress-health-check", "all", "--max-time", "20", "--seed", "11", *extra],
+         "--suppress-health-check", "all", "--max-time", "8", "--seed", "11", *extra],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 
