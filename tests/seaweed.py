@@ -59,6 +59,9 @@ class SeaweedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [binary, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-admin.ui=false", f"-s3.port={self.s3_port}",
+                # Its Iceberg and Lance catalogs listen on fixed ports by default: two servers (one
+                # per xdist worker) would race for them. The tests use neither.
+                "-s3.port.iceberg=0", "-s3.port.lance=0",
                 *(f"-{name}.port={port}" for name, port in self.ports.items())]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         self.log = open(self.data_dir / "weed.log", "a")
