@@ -36,13 +36,16 @@ class Timed:
         self.runner.warm()
 
     def generate(self, request: Any, on_progress: Any) -> Any:
-        last = time.perf_counter()
+        last, seen = time.perf_counter(), 0
 
         def progress(current: int, total: int) -> None:
-            nonlocal last
+            # Runners also call this between steps to ask whether the job is still wanted: only a
+            # new step counts as one.
+            nonlocal last, seen
             now = time.perf_counter()
-            self.step_times.append(now - last)
-            last = now
+            if current != seen:
+                self.step_times.append(now - last)
+                last, seen = now, current
             on_progress(current, total)
 
         try:
