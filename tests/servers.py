@@ -102,3 +102,19 @@ class PostgresServer:
         with contextlib.suppress(Exception):  # already stopped, or never started
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 30) -> None:
+    """Until a started `df serve` answers /healthz; AssertionError with its log if it dies or is slow."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"server did not start:\n{log_path.read_text()}")
+        time.sleep(0.05)

@@ -19,7 +19,7 @@ from dreamforge.server.app import create_app
 from dreamforge.service import JobService
 from dreamforge.settings import Settings
 from tests.conftest import ROOT, df_command
-from tests.servers import free_port
+from tests.servers import free_port, wait_healthy
 
 SMOKE_BODY = ('{"type":"generate","prompt":"an old-growth forest at dawn","width":1024,"height":1024,'
               '"steps":24,"guidance":7.0,"format":"png"}')
@@ -37,16 +37,7 @@ class Server:
         self.proc = subprocess.Popen(df_command("serve", "--port", str(self.port), *args),
                                      env={**os.environ, **env}, stdout=self._log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{log_path.read_text()}")
-            time.sleep(0.05)
+        wait_healthy(self.url, self.proc, log_path)
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
     def log(self) -> str:

@@ -24,7 +24,7 @@ from dreamforge.server.app import create_app
 from dreamforge.server.web import CSP, STATIC
 from dreamforge.settings import Settings
 from tests.conftest import IN_CI, df_command
-from tests.servers import free_port
+from tests.servers import free_port, wait_healthy
 
 CHROMIUM = os.environ.get("DF_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("DF_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -102,16 +102,7 @@ class WebServer:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(df_command("serve", "--port", str(self.port)), env=env, cwd=root,
                                      stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{self.log_path.read_text()}")
-            time.sleep(0.05)
+        wait_healthy(self.url, self.proc, self.log_path)
 
     def stop(self) -> None:
         self.proc.terminate()
