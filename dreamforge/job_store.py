@@ -20,7 +20,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -109,13 +108,6 @@ def make_engine(url: str, pool_size: int = 5, max_overflow: int = 10,
         dbapi_conn.commit()
 
     return engine
-
-
-@dataclass
-class Stale:
-    """A running job whose holder has gone silent."""
-
-    fence: Fence
 
 
 class JobStore:
@@ -569,8 +561,3 @@ class JobStore:
                     conn.execute(table.delete().where(table.c.job_id.in_(gone)))
                 conn.execute(jobs.delete().where(jobs.c.id.in_(gone)))
         return len(gone)
-
-    def artifact_keys(self) -> set[str]:
-        """Every artifact key on record (for audits: objects without a row are strays)."""
-        with self.read() as conn:
-            return set(conn.execute(sa.select(artifacts.c.s3_key)).scalars())
