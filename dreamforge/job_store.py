@@ -31,12 +31,9 @@ from dreamforge import migrate
 from dreamforge.errors import BackendUnavailable, ConfigError, IdempotencyConflict, JobNotFound
 from dreamforge.moves import RUNNING, Fence, Move
 from dreamforge.status import JobStatus, is_job_id
-from dreamforge.tables import Artifact, Event, Job, Lease, Step, Upload, Worker, utcnow
+from dreamforge.tables import artifacts, events, jobs, leases, steps, uploads, utcnow, workers
 from dreamforge.text import cut
 
-jobs, steps, events, artifacts, workers, uploads, leases = (
-    t.__table__ for t in (Job, Step, Event, Artifact, Worker, Upload, Lease)  # type: ignore[union-attr]
-)
 STEP_NAME = "generate"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # One key for every process that creates or upgrades the schema (pg_advisory_xact_lock).

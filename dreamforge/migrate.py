@@ -82,9 +82,8 @@ def differences(conn: Connection) -> list[object]:
     the two agree: what `alembic check` verifies)."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
-    from sqlmodel import SQLModel
 
-    import dreamforge.tables  # noqa: F401  (registers the models)
+    from dreamforge.tables import metadata
 
     context = MigrationContext.configure(conn, opts={"compare_type": True})
-    return list(compare_metadata(context, SQLModel.metadata))
+    return list(compare_metadata(context, metadata))

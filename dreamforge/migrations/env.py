@@ -4,12 +4,11 @@ already holds the schema lock, never from an alembic.ini."""
 from __future__ import annotations
 
 from alembic import context
-from sqlmodel import SQLModel
 
-import dreamforge.tables  # noqa: F401  (the models Alembic compares the schema with)
+from dreamforge.tables import metadata
 
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=SQLModel.metadata,
+context.configure(connection=connection, target_metadata=metadata,
                   render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
 with context.begin_transaction():
     context.run_migrations()
