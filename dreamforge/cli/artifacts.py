@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 from dreamforge.cli.common import (
     EXIT_FAILED,
@@ -30,6 +29,8 @@ def get(
     output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Folder to write into.")] = Path("."),
 ) -> None:
     """Download a job's images through the artifact store (local folder or S3)."""
+    from rich.text import Text
+
     if output_dir.exists() and not output_dir.is_dir():
         fail(f"{output_dir} is not a folder", 2)
     service = open_service()

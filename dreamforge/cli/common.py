@@ -15,19 +15,44 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from dreamforge.text import inert
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from dreamforge.service import JobService
     from dreamforge.settings import Settings
 
+
+class LazyConsole:
+    """A rich Console made on first use: `df --help` never prints through rich, and importing
+    rich's console and text modules costs it a third of its start-up."""
+
+    def __init__(self, **options: Any):
+        self._options = options
+        self._console: Console | None = None
+
+    def unwrap(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.unwrap(), name)
+
+
+def unwrap(console: Any) -> Console:
+    """The rich Console behind a LazyConsole (or a Console a test put in its place)."""
+    return console.unwrap() if isinstance(console, LazyConsole) else console
+
+
 # soft_wrap: piped output (and long lines on a terminal) is never broken mid-sentence by rich;
 # the terminal wraps what it must. Tables still fit the terminal's width.
-console = Console(soft_wrap=True, highlight=False)
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+console: Any = LazyConsole(soft_wrap=True, highlight=False)
+err_console: Any = LazyConsole(stderr=True, soft_wrap=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,12 +65,16 @@ TYPER_OPTIONS: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": No
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """One line on stderr, then exit. ``message`` may carry outside text: it is shown inert."""
+    from rich.text import Text
+
     err_console.print(Text.assemble(("error:", "red"), " ", inert(message)))
     raise typer.Exit(code)
 
 
 def note(message: str) -> None:
     """A progress remark on stderr, so stdout stays for results."""
+    from rich.text import Text
+
     err_console.print(Text(inert(message)))
 
 

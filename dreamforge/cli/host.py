@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.text import Text
 
 from dreamforge.cli.common import EXIT_FAILED, EXIT_USAGE, TYPER_OPTIONS, console, fail, note, print_json
 from dreamforge.text import inert
@@ -26,6 +25,8 @@ INSTALL_HINT = ("install the NVIDIA Container Toolkit "
 def _print_rows(rows: list[tuple[str, Any]]) -> None:
     """Label and value columns, the labels padded to the longest so that no value touches one.
     Values come from tools, spec files and the environment: shown inert."""
+    from rich.text import Text
+
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
         console.print(Text(f"{label + ':':<{width}}{inert(value)}"))
@@ -92,6 +93,8 @@ def cdi_generate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands, run nothing.")] = False,
 ) -> None:
     """Write the CDI spec for this host's GPUs with `nvidia-ctk cdi generate`, then list its devices."""
+    from rich.text import Text
+
     if shutil.which("nvidia-ctk") is None:
         fail(f"nvidia-ctk not found on PATH: {INSTALL_HINT}", EXIT_USAGE)
     command = ["nvidia-ctk", "cdi", "generate", "--output-file", str(output)]

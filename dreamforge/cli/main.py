@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.text import Text
 
 from dreamforge.cli import artifacts, db, host, jobs, render
 from dreamforge.cli.common import (
@@ -148,11 +147,12 @@ def generate(
             typer.echo(view.id)
         return
     local = LocalRun(service, settings, view.id)
-    if not service.live_workers():
-        local.start("No live worker")
-    elif not as_json:
-        note(f"Job {view.id} queued; a worker will run it.")
+    # From here on a Ctrl-C is answered the same way, wherever it lands (the job exists).
     try:
+        if not service.live_workers():
+            local.start("No live worker")
+        elif not as_json:
+            note(f"Job {view.id} queued; a worker will run it.")
         view = render.watch(service, view.id, quiet=as_json, check=local.check,
                             on_no_worker=local.on_no_worker)
     except KeyboardInterrupt:
@@ -211,6 +211,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Job counts by status, queue depth and live workers."""
+    from rich.text import Text
+
     info = open_service().status()
     if as_json:
         print_json(info)

@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rich.text import Text
-
 from dreamforge.cli import common
 from dreamforge.text import inert
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from dreamforge.schemas import JobView
     from dreamforge.service import JobService
 
@@ -28,6 +28,8 @@ COLOURS = {"succeeded": "green", "failed": "red", "running": "yellow", "queued":
 
 def cell(value: Any, limit: int | None = None, style: str = "") -> Text:
     """Outside text, inert: one line, no escapes, no markup."""
+    from rich.text import Text
+
     return Text("-" if value is None else inert(value, limit), style=style)
 
 
@@ -129,7 +131,7 @@ def _progress_bar(job: _Followed, poll: Callable[[], object]) -> None:
 
     columns = (_status_column(), BarColumn(), MofNCompleteColumn(), TextColumn("steps", markup=False),
                TimeElapsedColumn(), TextColumn("ETA", markup=False), TimeRemainingColumn())
-    with Progress(*columns, console=common.err_console, transient=False) as progress:
+    with Progress(*columns, console=common.unwrap(common.err_console), transient=False) as progress:
         task = progress.add_task("generate", total=job.total, completed=job.current, status=job.status)
         while True:
             progress.update(task, total=job.total, completed=job.current, status=job.status)
@@ -140,6 +142,8 @@ def _progress_bar(job: _Followed, poll: Callable[[], object]) -> None:
 
 def _show_status(job_id: str, status: str, quiet: bool) -> None:
     """A status line for a log or a pipe (on stderr)."""
+    from rich.text import Text
+
     if not quiet and not common.err_console.is_terminal:
         common.err_console.print(Text.assemble("job ", cell(job_id), " ", cell(status)))
 
@@ -147,6 +151,7 @@ def _show_status(job_id: str, status: str, quiet: bool) -> None:
 def _status_column() -> Any:
     """The bar's first column: the status in its colour (magenta for canceled, ...)."""
     from rich.progress import ProgressColumn, Task
+    from rich.text import Text
 
     class StatusColumn(ProgressColumn):
         def render(self, task: Task) -> Text:
@@ -158,6 +163,8 @@ def _status_column() -> Any:
 
 def log_line(entry: dict[str, Any]) -> None:
     """One line of a job's log: time, level, message (all inert; the message came from outside)."""
+    from rich.text import Text
+
     at = entry["at"]
     stamp = at.isoformat(timespec="milliseconds") if hasattr(at, "isoformat") else str(at)
     level = str(entry.get("level", "info"))
@@ -195,6 +202,8 @@ def job_table(views: list[JobView]) -> None:
 
 
 def job_details(view: JobView) -> None:
+    from rich.text import Text
+
     current, total = _step_progress(view)
     p = view.params
     seed = p.get("seed")
