@@ -10,8 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the diffusers extra is not installed")
@@ -23,6 +26,7 @@ from dreamforge.runners.model_config import sdxl_config_dir, use_open_clip_paddi
 from dreamforge.schemas import parse_request  # noqa: E402
 from dreamforge.service import JobService  # noqa: E402
 from dreamforge.settings import Settings  # noqa: E402
+from tests.conftest import WorkerProcess  # noqa: E402
 from tests.tiny_sdxl import build_tiny_sdxl, save_tiny_sdxl  # noqa: E402
 
 sqlite_only = pytest.mark.parametrize("df_env", ["sqlite"], indirect=True)
@@ -60,7 +64,7 @@ def sdxl_env(model: Path, config: Path | None = None) -> dict[str, str]:
     return env
 
 
-def wait_all(svc: JobService, ids: list[str], timeout: float = 120) -> list:
+def wait_all(svc: JobService, ids: list[str], timeout: float = 240) -> list:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         views = [svc.get(i) for i in ids]
@@ -112,13 +116,47 @@ def test_single_file_round_trip(tiny_model, config_dir):
     assert any(k.startswith("first_stage_model.decoder.up.") for k in keys)
 
 
-@sqlite_only
-def test_worker_generates_with_the_diffusers_folder(df_env, tiny_model, start_worker):
-    """Size and format honoured, same seed → same bytes, other seed → other image, one progress
-    event per step, and the model loaded once for all the jobs."""
+# One warm `df worker` (SQLite, the Diffusers folder, two attempts a job) serves every test below
+# that needs a worker: its SDXL child loads torch and the model once for all of them, as a worker
+# does in production. The xdist group keeps the tests on one process, so they share it.
+ONE_WORKER = pytest.mark.xdist_group("sdxl-worker")
+
+
+@dataclass
+class WarmWorker:
+    worker: WorkerProcess
+    svc: JobService
+    data_dir: Path
+
+    def children_ready(self) -> int:
+        return self.worker.log().count(" ready: ")
+
+    def run(self, request: dict, timeout: float = 240):
+        [view] = wait_all(self.svc, [self.svc.submit(parse_request(request)).view.id], timeout)
+        return view
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory, tiny_model) -> Iterator[WarmWorker]:
     folder, _ = tiny_model
-    worker = start_worker(env=sdxl_env(folder))
-    svc = JobService.from_settings(Settings())
+    data = tmp_path_factory.mktemp("sdxl-data")
+    env = {"DF_DATA_DIR": str(data), "DF_HEARTBEAT_INTERVAL_S": "0.5", "DF_WORKER_TIMEOUT_S": "5",
+           "DF_MAX_ATTEMPTS": "2", **sdxl_env(folder)}
+    worker = WorkerProcess(env, data / "worker.log")
+    try:
+        worker.wait_ready()
+        svc = JobService.from_settings(Settings(_env_file=None, data_dir=data))
+        yield WarmWorker(worker, svc, data)
+    finally:
+        worker.kill()
+
+
+@ONE_WORKER
+def test_worker_generates_with_the_diffusers_folder(warm):
+    """Size and format honoured, same seed → same bytes, other seed → other image, one progress
+    event per step, and the warm child serves every job (no reload)."""
+    ready = warm.children_ready()
+    svc = warm.svc
     requests = [{"prompt": "a red barn", "width": 96, "height": 64, "steps": 3, "seed": 11},
                 {"prompt": "a red barn", "width": 96, "height": 64, "steps": 3, "seed": 11},
                 {"prompt": "a red barn", "width": 96, "height": 64, "steps": 3, "seed": 12},
@@ -136,23 +174,26 @@ def test_worker_generates_with_the_diffusers_folder(df_env, tiny_model, start_wo
         progress = [e["payload"] for e in svc.events(view.id) if e["kind"] == "progress"]
         steps = view.params["steps"]
         assert progress == [{"current": i, "total": steps} for i in range(1, steps + 1)]
-    assert worker.log().count("SDXL child") == 1 and " ready: " in worker.log()
-    assert worker.stop() == 0
+    assert warm.children_ready() == max(ready, 1) and "SDXL child" in warm.worker.log()
 
 
-@sqlite_only
-def test_single_file_checkpoint_gives_the_same_image(df_env, tiny_model, start_worker):
+def test_single_file_checkpoint_gives_the_same_image(tiny_model, tmp_path):
+    """The same image from the single file (with the folder's configs) as from the folder. The
+    weights are equal (test_single_file_round_trip); the converted tensors' memory layouts are
+    not, so float rounding may move a pixel value by one."""
+    from dreamforge.runners import Generation
+    from dreamforge.runners.sdxl import SDXL
+
     folder, single = tiny_model
-    svc = JobService.from_settings(Settings())
-    request = parse_request({"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 3})
-    outputs = []
-    for env in (sdxl_env(folder), sdxl_env(single, config=folder)):
-        worker = start_worker(env=env)
-        [view] = wait_all(svc, [svc.submit(request).view.id])
-        assert view.status.value == "succeeded", view.error
-        outputs.append(svc.artifact_bytes(view.artifacts[0].s3_key))
-        worker.stop()
-    assert outputs[0] == outputs[1]
+    request = Generation(prompt="a lighthouse", negative_prompt=None, width=64, height=64, steps=2,
+                         guidance=7.0, seed=3)
+    images = []
+    for path, config in ((folder, None), (single, folder)):
+        model = SDXL(Settings(_env_file=None, data_dir=tmp_path, generate_model_path=str(path),
+                              model_config_dir=config, device="cpu"))
+        model.load()
+        images.append(np.asarray(model.generate(request, lambda current, total: None).image, dtype=int))
+    assert np.abs(images[0] - images[1]).max() <= 1
 
 
 def _child_pid(log: str) -> int:
@@ -161,100 +202,125 @@ def _child_pid(log: str) -> int:
     return int(found[-1])
 
 
-def _kill_child_mid_job(svc: JobService, worker, job_id: str) -> int:
-    deadline = time.monotonic() + 60
-    while "SDXL child" not in worker.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pid = _child_pid(worker.log())
-    while svc.get(job_id).steps[0].progress.current < 1:
+def _kill_child_mid_attempt(warm: WarmWorker, job_id: str, attempt: int) -> int:
+    """SIGKILL the SDXL child once the job's ``attempt`` has made a step."""
+    deadline = time.monotonic() + 120
+    while True:
+        view = warm.svc.get(job_id)
+        if view.attempts == attempt and view.status.value == "running" and view.steps[0].progress.current >= 1:
+            break
+        assert time.monotonic() < deadline, (view, warm.worker.log())
         time.sleep(0.01)
+    pid = _child_pid(warm.worker.log())
     os.kill(pid, signal.SIGKILL)
     return pid
 
 
-@sqlite_only
-def test_child_crash_on_the_last_attempt_fails_with_runner_crashed(df_env, tiny_model, start_worker):
-    """The child killed mid-job: the job fails with runner_crashed (no attempts left), the worker
-    lives on, and the next job gets a fresh child."""
-    folder, _ = tiny_model
-    worker = start_worker(env={**sdxl_env(folder), "DF_MAX_ATTEMPTS": "1"})
-    svc = JobService.from_settings(Settings())
-    slow = svc.submit(parse_request({"prompt": "slow", "width": 128, "height": 128, "steps": 150})).view.id
-    pid = _kill_child_mid_job(svc, worker, slow)
-    [view] = wait_all(svc, [slow])
-    assert view.status.value == "failed" and view.error.code == "runner_crashed"
-    assert "exit code -9" in view.error.message
-    after = svc.submit(parse_request({"prompt": "after", "width": 64, "height": 64, "steps": 2})).view.id
-    [view] = wait_all(svc, [after])
-    assert view.status.value == "succeeded", view.error
-    assert _child_pid(worker.log()) != pid and worker.log().count(" ready: ") == 2
-    assert worker.proc.poll() is None
-
-
-@sqlite_only
-def test_child_crash_with_attempts_left_runs_the_job_again(df_env, tiny_model, start_worker):
-    folder, _ = tiny_model
-    worker = start_worker(env={**sdxl_env(folder), "DF_MAX_ATTEMPTS": "2"})
-    svc = JobService.from_settings(Settings())
-    job = svc.submit(parse_request({"prompt": "again", "width": 128, "height": 128, "steps": 30,
-                                    "seed": 9})).view.id
-    _kill_child_mid_job(svc, worker, job)
-    [view] = wait_all(svc, [job])
+@ONE_WORKER
+def test_child_crash_runs_the_job_again_then_fails_with_runner_crashed(warm):
+    """The child killed mid-job with an attempt left: the job goes back to the queue and succeeds
+    on a fresh child. Killed on the last attempt: the job fails with runner_crashed. The worker
+    lives on throughout, and the next job gets a fresh child."""
+    svc = warm.svc
+    again = svc.submit(parse_request({"prompt": "again", "width": 64, "height": 64, "steps": 60,
+                                      "seed": 9})).view.id
+    _kill_child_mid_attempt(warm, again, 1)
+    [view] = wait_all(svc, [again])
     assert view.status.value == "succeeded", view.error
     assert view.attempts == 2
-    statuses = [(e["payload"].get("status"), e["payload"].get("reason")) for e in svc.events(job)
+    statuses = [(e["payload"].get("status"), e["payload"].get("reason")) for e in svc.events(again)
                 if e["kind"] == "status"]
     assert statuses == [("queued", None), ("running", None), ("queued", "runner_crashed"),
                         ("running", None), ("succeeded", None)]
 
+    slow = svc.submit(parse_request({"prompt": "slow", "width": 64, "height": 64, "steps": 150})).view.id
+    _kill_child_mid_attempt(warm, slow, 1)
+    pid = _kill_child_mid_attempt(warm, slow, 2)
+    [view] = wait_all(svc, [slow])
+    assert view.status.value == "failed" and view.error.code == "runner_crashed"
+    assert "exit code -9" in view.error.message
+    view = warm.run({"prompt": "after", "width": 64, "height": 64, "steps": 2})
+    assert view.status.value == "succeeded", view.error
+    assert _child_pid(warm.worker.log()) != pid
+    assert warm.worker.proc.poll() is None
 
-@sqlite_only
-def test_cancel_stops_the_child_at_its_next_step_and_keeps_it_warm(df_env, tiny_model, start_worker):
+
+@ONE_WORKER
+def test_cancel_stops_the_child_at_its_next_step_and_keeps_it_warm(warm):
     """A running job canceled: the pipeline stops at its next step (its step-end callback), the
     job ends canceled with no artifact, and the same warm child runs the next job."""
-    folder, _ = tiny_model
-    worker = start_worker(env=sdxl_env(folder))
-    svc = JobService.from_settings(Settings())
-    long = svc.submit(parse_request({"prompt": "long", "width": 128, "height": 128, "steps": 150})).view.id
-    deadline = time.monotonic() + 60
+    svc = warm.svc
+    long = svc.submit(parse_request({"prompt": "long", "width": 64, "height": 64, "steps": 150})).view.id
+    deadline = time.monotonic() + 120
     while svc.get(long).steps[0].progress.current < 2:
-        assert time.monotonic() < deadline, worker.log()
+        assert time.monotonic() < deadline, warm.worker.log()
         time.sleep(0.01)
+    ready = warm.children_ready()
     svc.cancel(long)
     [view] = wait_all(svc, [long])
     assert view.status.value == "canceled" and view.artifacts == []
     assert view.steps[0].progress.current < 150
-    after = svc.submit(parse_request({"prompt": "after", "width": 64, "height": 64, "steps": 2})).view.id
-    [view] = wait_all(svc, [after])
+    view = warm.run({"prompt": "after", "width": 64, "height": 64, "steps": 2})
     assert view.status.value == "succeeded", view.error
-    assert worker.log().count(" ready: ") == 1, "the child was restarted instead of interrupted"
-    assert not list((Path(df_env["DF_DATA_DIR"]) / "artifacts").rglob(f"*{long}*/*.png"))
+    assert warm.children_ready() == ready, "the child was restarted instead of interrupted"
+    assert not list((warm.data_dir / "artifacts").rglob(f"*{long}*/*.png"))
 
 
-@sqlite_only
-def test_unreadable_checkpoint_is_model_invalid(df_env, tmp_path, start_worker):
+def test_unreadable_checkpoint_is_model_invalid(tmp_path):
+    from dreamforge.errors import RunnerError
+    from dreamforge.runners.sdxl import SDXL
+
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"this is not a checkpoint")
-    start_worker(env=sdxl_env(bad))
-    svc = JobService.from_settings(Settings())
-    [view] = wait_all(svc, [svc.submit(parse_request({"prompt": "x", "width": 64, "height": 64})).view.id])
-    assert view.error.code == "model_invalid"
-    assert str(bad) in view.error.message and "DF_GENERATE_MODEL_PATH" in view.error.message
+    model = SDXL(Settings(_env_file=None, data_dir=tmp_path, generate_model_path=str(bad), device="cpu"))
+    with pytest.raises(RunnerError) as failed:
+        model.load()
+    assert failed.value.code == "model_invalid"
+    assert str(bad) in failed.value.message and "DF_GENERATE_MODEL_PATH" in failed.value.message
 
 
 @sqlite_only
-def test_non_finite_output_is_never_stored(df_env, tmp_path, config_dir, start_worker):
+def test_non_finite_output_is_never_stored(df_env, tmp_path, config_dir):
+    """A model whose VAE gives NaN: the job fails with non_finite_output and nothing is stored.
+    The SDXL runner code runs in this process, under the real executor."""
+    from dreamforge.runners.sdxl import SDXL
+    from dreamforge.worker import InlineWorker
+
     pipe = build_tiny_sdxl(config_dir)
     with torch.no_grad():
         pipe.vae.decoder.conv_out.bias.fill_(float("nan"))
     pipe.save_pretrained(tmp_path / "nan-model")
-    start_worker(env=sdxl_env(tmp_path / "nan-model"))
-    svc = JobService.from_settings(Settings())
-    [view] = wait_all(svc, [svc.submit(parse_request({"prompt": "x", "width": 64, "height": 64,
-                                                      "steps": 1})).view.id])
+    settings = Settings(generate_model_path=str(tmp_path / "nan-model"), device="cpu", fake_runner=False)
+    svc = JobService.from_settings(settings)
+    job_id = svc.submit(parse_request({"prompt": "x", "width": 64, "height": 64, "steps": 1})).view.id
+    model = SDXL(settings)
+    model.load()
+    runner = InProcessSDXL(model)
+    worker = InlineWorker(svc, runner, job_id)
+    worker.start()
+    worker.join()
+    view = svc.get(job_id)
     assert view.status.value == "failed" and view.error.code == "non_finite_output"
     assert view.artifacts == []
     assert not list((Path(df_env["DF_DATA_DIR"]) / "artifacts").rglob("*.png"))
+
+
+class InProcessSDXL:
+    """The SDXL runner code without its child process, for tests that need no crash isolation."""
+
+    name = "sdxl"
+
+    def __init__(self, model):
+        self.model = model
+
+    def warm(self) -> None:
+        pass
+
+    def generate(self, request, on_progress):
+        return self.model.generate(request, on_progress)
+
+    def close(self) -> None:
+        pass
 
 
 @sqlite_only
