@@ -154,7 +154,7 @@ class Downloader:
                 done = offset = start
                 if progress is not None:
                     progress(done, total)
-                for chunk in response.iter_bytes(CHUNK):
+                for chunk in response.iter_bytes():
                     out.write(chunk)
                     digest.update(chunk)
                     done += len(chunk)
@@ -165,6 +165,8 @@ class Downloader:
         except httpx.TransportError as exc:
             out.flush()
             got = out.tell()
+            if not got:
+                self._discard(partial)
             what = "could not connect" if isinstance(exc, httpx.ConnectError) else "the connection broke"
             raise _failed(f"{what} ({type(exc).__name__}) while downloading {shown}; {got} bytes are kept "
                           "and the same command resumes from there", "download_interrupted",
