@@ -60,6 +60,7 @@ def check_url(url: str, settings: Settings) -> None:
     try:
         parts = urlsplit(url)
         host = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
     except ValueError:
         raise InvalidRequest(f"{shown} is not a URL", details=[{"field": "source"}]) from None
     if parts.scheme == "http" and not settings.models_allow_http:
@@ -162,6 +163,8 @@ class Downloader:
                         progress(done, total)
         except httpx.TooManyRedirects:
             raise _failed(f"{shown} redirected more than 10 times") from None
+        except httpx.InvalidURL as exc:
+            raise _failed(f"{shown} can't be fetched: {cut(str(exc), 200)}") from None
         except httpx.TransportError as exc:
             out.flush()
             got = out.tell()
@@ -171,6 +174,8 @@ class Downloader:
             raise _failed(f"{what} ({type(exc).__name__}) while downloading {shown}; {got} bytes are kept "
                           "and the same command resumes from there", "download_interrupted",
                           bytes_kept=got) from None
+        except httpx.HTTPError as exc:  # a body that can't be decoded, say
+            raise _failed(f"{shown} could not be read: {type(exc).__name__}") from None
         out.flush()
         os.fsync(out.fileno())
         if total is not None and done != total:
