@@ -219,13 +219,13 @@ class Executor:
 
     def _download(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | None:
         """A model download (POST /v1/models): the model is registered; no artifact is stored."""
-        from dreamforge.errors import DownloadFailed, ModelConflict, ModelRejected
+        from dreamforge.errors import DownloadFailed, InvalidRequest, ModelConflict
         from dreamforge.registry.jobs import run_download
 
         t0 = time.perf_counter()
         try:
             record = run_download(self.service, fence, params)
-        except (DownloadFailed, ModelConflict, ModelRejected) as exc:
+        except (DownloadFailed, ModelConflict, InvalidRequest) as exc:  # InvalidRequest: not_sdxl too
             return self._fail(fence, JobFailure(exc.code, exc.message, exc.details), jlog)
         note = {"model": record.name, "sha256": record.sha256, "size_bytes": record.size_bytes,
                 "timings": {"download_s": round(time.perf_counter() - t0, 4)}}

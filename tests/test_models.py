@@ -264,6 +264,10 @@ class FileServer:
         self.cut_after: int | None = None
         self.status: int | None = None
         self.content_length: int | None = None
+        # Send this many bytes, then wait for ``release`` before the rest.
+        self.stall_after: int | None = None
+        self.release = threading.Event()
+        self.stalled = threading.Event()
         self.requests: list[dict[str, str]] = []
         server = self
 
@@ -300,6 +304,12 @@ class FileServer:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                if server.stall_after is not None:
+                    self.wfile.write(rest[: server.stall_after])
+                    self.wfile.flush()
+                    server.stalled.set()
+                    server.release.wait(30)
+                    rest = rest[server.stall_after:]
                 self.wfile.write(rest)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -500,3 +510,17 @@ def test_df_models_as_a_process(env, tmp_path):
     shown = run_df(env, "models", "show", "proc", "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_canceled_download_job_stops_and_registers_nothing(service, api, served, env):
+    served.stall_after = len(served.payload) // 2
+    job = api.post("/v1/models", json={"source": served.url, "name": "stopped"}).json()
+    ended: list[str | None] = []
+    runner = threading.Thread(target=lambda: ended.append(run_queued(service, job["id"])))
+    runner.start()
+    assert served.stalled.wait(30)
+    assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "canceled"
+    served.release.set()
+    runner.join(30)
+    assert ended == ["canceled"] and service.models.all() == []
+    assert "stopped.safetensors" not in models_dir(env)  # the partial stays, for a later try

@@ -11,6 +11,7 @@ kept for the next try. A file lock keeps two downloads of one name apart.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -86,19 +87,25 @@ class Downloader:
         """Download ``url`` to ``target`` (which must not exist); see the module's docstring."""
         check_url(url, self.settings)
         expected = expected_sha256.lower() if expected_sha256 else None
-        self.root.mkdir(parents=True, exist_ok=True)
         partial = self.root / f"{name}.partial"
-        with open(partial, "ab") as out:
-            try:
-                fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ModelConflict(f"a download of {name!r} is already running",
-                                    details={"model": name}) from None
-            try:
-                digest, size = self._fetch_locked(url, partial, out, progress)
-                return self._finish(url, partial, target, digest, size, expected)
-            finally:
-                fcntl.flock(out, fcntl.LOCK_UN)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(partial, "ab") as out:
+                try:
+                    fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ModelConflict(f"a download of {name!r} is already running",
+                                        details={"model": name}) from None
+                try:
+                    digest, size = self._fetch_locked(url, partial, out, progress)
+                    return self._finish(url, partial, target, digest, size, expected)
+                finally:
+                    fcntl.flock(out, fcntl.LOCK_UN)
+        except OSError as exc:
+            # The models root read-only (as the compose and Kubernetes workers mount it), or full.
+            code = "insufficient_disk" if exc.errno == errno.ENOSPC else "download_failed"
+            raise _failed(f"can't write the download in the models folder {self.root}: "
+                          f"{exc.strerror or type(exc).__name__}", code) from None
 
     def _meta_path(self, partial: Path) -> Path:
         return partial.with_name(partial.name + ".json")
