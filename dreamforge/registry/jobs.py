@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 PROGRESS_EVERY_S = 0.25
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+# An https URL with a host: what the schema can say. The server checks more (the host's form, the
+# port's range, no credential in the URL) and answers 422 for what fails.
+URL_PATTERN = r"^https://[^\s/?#@:]+(:[0-9]{1,5})?([/?][^\s#]*)?$"
 
 
 class DownloadRequest(BaseModel):
@@ -34,7 +37,7 @@ class DownloadRequest(BaseModel):
                    "sd_xl_base_1.0.safetensors", "name": "sdxl-base"}]})
 
     type: Literal["download"] = "download"
-    source: str = Field(min_length=1, max_length=MAX_URL, json_schema_extra={"pattern": "^https://"},
+    source: str = Field(min_length=1, max_length=MAX_URL, json_schema_extra={"pattern": URL_PATTERN},
                         description="An https:// URL of a .safetensors file (http:// only where the server "
                                     "sets DF_MODELS_ALLOW_HTTP=1).")
     name: str | None = Field(default=None, json_schema_extra={"pattern": NAME_PATTERN},
