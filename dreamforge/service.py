@@ -210,9 +210,9 @@ class JobService:
         """Queue a model download (a job of type ``download``), after the checks that need no
         network: the URL's scheme, the name (made from the URL when absent) free, no credential
         in the URL (the job keeps its URL; a hub's token belongs in DF_MODELS_DOWNLOAD_TOKEN)."""
-        from dreamforge.registry.records import redact_url
+        from dreamforge.registry.records import has_credentials
 
-        if redact_url(request.source) != request.source.split("#", 1)[0]:
+        if has_credentials(request.source):
             raise InvalidRequest("the URL carries a credential (a password or a token parameter), which the "
                                  "job would keep: set DF_MODELS_DOWNLOAD_TOKEN on the workers instead",
                                  details=[{"field": "source", "message": "no credentials in the URL"}])

@@ -268,6 +268,7 @@ class FileServer:
         self.stall_after: int | None = None
         self.release = threading.Event()
         self.stalled = threading.Event()
+        self.ignore_range = False
         self.requests: list[dict[str, str]] = []
         server = self
 
@@ -286,7 +287,7 @@ class FileServer:
                     return
                 body, start = server.payload, 0
                 wanted = self.headers.get("Range")
-                if wanted and (self.headers.get("If-Range") in (None, '"v1"')):
+                if wanted and not server.ignore_range and self.headers.get("If-Range") in (None, '"v1"'):
                     start = int(wanted.removeprefix("bytes=").rstrip("-"))
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
@@ -354,6 +355,25 @@ def test_a_download_cut_off_half_way_resumes_with_range(service, served, env):
     assert served.requests[-1]["range"] == f"bytes={half}-" and served.requests[-1]["if-range"] == '"v1"'
     assert record.sha256 == hashlib.sha256(served.payload).hexdigest()
     assert models_dir(env) == ["tiny.safetensors"]
+
+
+def test_a_server_that_ignores_range_sends_it_all_again(service, served, env):
+    served.cut_after = len(served.payload) // 3
+    with pytest.raises(DownloadFailed):
+        service.models.add_url(served.url, "tiny")
+    served.ignore_range = True
+    record = service.models.add_url(served.url, "tiny")
+    assert "range" in served.requests[-1]  # asked to resume, got a 200: started over
+    assert record.sha256 == hashlib.sha256(served.payload).hexdigest() and models_dir(env) == ["tiny.safetensors"]
+
+
+def test_urls_are_kept_without_their_credentials():
+    from dreamforge.registry.records import has_credentials, redact_url
+
+    url = "https://user:pw@hub.example/m.safetensors?token=abc&download=true"
+    assert redact_url(url) == "https://user:***@hub.example/m.safetensors?token=***&download=true"
+    assert has_credentials(url) and has_credentials("https://h/x?api_key=1")
+    assert not has_credentials("https://h/x.safetensors?download") and not has_credentials("https://u@h/x")
 
 
 def test_a_wrong_checksum_leaves_nothing(service, served, env):

@@ -95,5 +95,12 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+def has_credentials(url: str) -> bool:
+    """A password in the URL, or a query parameter that looks like a credential."""
+    parts = urlsplit(url)
+    creds = parts.netloc.rpartition("@")[0]
+    return ":" in creds or any(_SECRET_PARAM.search(k) for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+
+
 def url_filename(url: str) -> str:
     return unquote(urlsplit(url).path.rstrip("/").rpartition("/")[2])
