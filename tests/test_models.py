@@ -495,6 +495,9 @@ def test_a_download_job_that_fails_says_why(service, api, served, env):
     view = api.get(f"/v1/jobs/{job['id']}").json()
     assert view["error"]["code"] == "checksum_mismatch" and models_dir(env) == []
     assert api.get("/v1/models/bad").status_code == 404
+    retried = api.post(f"/v1/jobs/{job['id']}/retry")
+    assert retried.status_code == 202 and retried.json()["type"] == "download"
+    assert retried.json()["retry_of"] == job["id"] and retried.json()["params"] == view["params"]
 
 
 # -- df models -----------------------------------------------------------------------------------
