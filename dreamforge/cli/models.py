@@ -222,6 +222,8 @@ def verify(
     check its header too. Exit 1 when any differs or is missing."""
     registry = open_service().models
     chosen = names or [r.name for r in registry.all()]
+    if not chosen:
+        note("no models are registered (df models add, df models scan)")
     results = []
     for name in chosen:
         record = registry.get(name)
