@@ -99,6 +99,10 @@ class Downloader:
                 try:
                     digest, size = self._fetch_locked(url, partial, out, progress)
                     return self._finish(url, partial, target, digest, size, expected)
+                except BaseException:
+                    if out.tell() == 0:  # nothing arrived worth resuming: leave nothing behind
+                        self._discard(partial)
+                    raise
                 finally:
                     fcntl.flock(out, fcntl.LOCK_UN)
         except OSError as exc:
