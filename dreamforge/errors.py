@@ -8,7 +8,11 @@ DreamForgeError
 ├── JobStateError           the job is not in a state that allows this (409; e.g. job_not_cancelable)
 ├── BackendUnavailable      job store or queue unreachable (503)
 ├── StorageError            artifact store failed (job code storage_error)
-└── RunnerError             generation failed; `code` is the job's error code
+├── RunnerError             generation failed; `code` is the job's error code
+├── ModelNotFound           unknown model name (404; code unknown_model)
+├── ModelRejected           not an SDXL checkpoint, or a corrupt one (an InvalidRequest: 422 / exit 2)
+├── ModelConflict           the model's name or file is taken (409)
+└── DownloadFailed          a model download failed; `code` says how
 """
 
 from __future__ import annotations
@@ -63,3 +67,31 @@ class RunnerError(DreamForgeError):
     gpu_out_of_memory, non_finite_output, runner_error."""
 
     code = "runner_error"
+
+
+# -- the model registry (dreamforge/registry) ----------------------------------------------------
+
+class ModelNotFound(DreamForgeError):
+    """No registered model has this name (404; at submit time a job's door turns it into 422)."""
+
+    code = "unknown_model"
+
+
+class ModelRejected(InvalidRequest):
+    """The file is not a model DreamForge can load: not an SDXL base checkpoint (``not_sdxl``),
+    or truncated or corrupt (``model_invalid``). The message says what it looks like."""
+
+    code = "not_sdxl"
+
+
+class ModelConflict(DreamForgeError):
+    """The name, or the file a download would write, is taken (409)."""
+
+    code = "model_exists"
+
+
+class DownloadFailed(DreamForgeError):
+    """A model download failed. Codes: download_failed, download_interrupted (the connection
+    broke: trying again resumes), checksum_mismatch, insufficient_disk."""
+
+    code = "download_failed"

@@ -131,6 +131,8 @@ class Executor:
 
     def _run(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | None:
         try:
+            if params.get("type") == "download":
+                return self._download(fence, params, jlog)
             return self._generate_and_store(fence, params, jlog)
         except LostJob:
             if self.service.job_store.job_state(fence.job_id) == "canceled":
@@ -213,6 +215,25 @@ class Executor:
         jlog.info("succeeded: %s (%d bytes)", key, len(data))
         metrics.succeeded(timings, request.steps, request.format)
         metrics.gpu_memory(getattr(result, "gpu_memory", None))
+        return "succeeded"
+
+    def _download(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | None:
+        """A model download (POST /v1/models): the model is registered; no artifact is stored."""
+        from dreamforge.errors import DownloadFailed, InvalidRequest, ModelConflict
+        from dreamforge.registry.jobs import run_download
+
+        t0 = time.perf_counter()
+        try:
+            record = run_download(self.service, fence, params)
+        except (DownloadFailed, ModelConflict, InvalidRequest) as exc:  # InvalidRequest: not_sdxl too
+            return self._fail(fence, JobFailure(exc.code, exc.message, exc.details), jlog)
+        note = {"model": record.name, "sha256": record.sha256, "size_bytes": record.size_bytes,
+                "timings": {"download_s": round(time.perf_counter() - t0, 4)}}
+        if not self._patiently(f"[job={fence.job_id}] recording success",
+                               lambda: self.service.complete(fence, note)):
+            raise LostJob(fence.job_id)
+        jlog.info("succeeded: model %s registered (%d bytes)", record.name, record.size_bytes or 0)
+        metrics.finished("succeeded")
         return "succeeded"
 
     def _begin_upload(self, fence: Fence, result: Any, fmt: str) -> str:

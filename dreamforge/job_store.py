@@ -198,7 +198,7 @@ class JobStore:
     def create(self, params: dict[str, Any], *, correlation_id: str | None = None,
                idempotency_key_hash: str | None = None, request_hash: str | None = None,
                idempotency_ttl_s: float | None = None,
-               retry_of: str | None = None) -> tuple[dict[str, Any], bool]:
+               retry_of: str | None = None, job_type: str = "generate") -> tuple[dict[str, Any], bool]:
         """Insert a queued job with its step and first event. Returns (job, created), the job in
         the shape ``job()`` returns.
 
@@ -206,11 +206,12 @@ class JobStore:
         (created False); another hash raises IdempotencyConflict.
         """
         job_id = str(uuid.uuid4())
-        job = {"id": job_id, "type": "generate", "status": JobStatus.queued.value,
+        job = {"id": job_id, "type": job_type, "status": JobStatus.queued.value,
                "params": params, "idempotency_key_hash": idempotency_key_hash,
                "request_hash": request_hash, "correlation_id": correlation_id, "attempts": 0,
                "retry_of": retry_of}
-        step = {"job_id": job_id, "name": STEP_NAME, "status": JobStatus.queued.value,
+        step = {"job_id": job_id, "name": STEP_NAME if job_type == "generate" else job_type,
+                "status": JobStatus.queued.value,
                 "progress_current": 0, "progress_total": params.get("steps", 0),
                 "seed": params.get("seed")}
         expires = self._later(idempotency_ttl_s) if idempotency_key_hash and idempotency_ttl_s else None

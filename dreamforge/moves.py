@@ -27,7 +27,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = (JobStatus.queued, JobStatus.runn
 LEGAL: dict[tuple[JobStatus, JobStatus], str] = {
     (QUEUED, RUNNING): "a worker claims the job",
     (RUNNING, QUEUED): "the job goes back to the queue: handed back, or its holder went silent",
-    (RUNNING, SUCCEEDED): "the holder stored every image",
+    (RUNNING, SUCCEEDED): "the holder stored every image (or, for a download, registered the model)",
     (RUNNING, FAILED): "the holder failed it, or its holder went silent on the last attempt",
     (FAILED, SUCCEEDED): "an operator uploaded the spooled image of a storage_error job",
     (QUEUED, CANCELED): "a client canceled the job before any worker took it",
@@ -36,7 +36,9 @@ LEGAL: dict[tuple[JobStatus, JobStatus], str] = {
 
 # Failures that say nothing about the job itself (its runner process died or hung, its worker
 # vanished): the job is tried again while it has attempts left.
-TRANSIENT_CODES = frozenset({"runner_crashed", "runner_timeout", "worker_lost"})
+TRANSIENT_CODES = frozenset({"runner_crashed", "runner_timeout", "worker_lost",
+                             # a model download's connection broke: the next attempt resumes it
+                             "download_interrupted"})
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,11 @@ def succeed(fence: Fence, artifact: dict[str, Any], timings: dict[str, float]) -
     return Move(fence.job_id, RUNNING, SUCCEEDED, fence=fence, artifact=artifact,
                 settles_upload=artifact["s3_key"],
                 note={"s3_key": artifact["s3_key"], "timings": timings})
+
+
+def complete(fence: Fence, note: dict[str, Any]) -> Move:
+    """A job that makes no artifact (a model download) succeeded; ``note`` says what it made."""
+    return Move(fence.job_id, RUNNING, SUCCEEDED, fence=fence, note=note)
 
 
 def hand_back(fence: Fence, reason: str) -> Move:

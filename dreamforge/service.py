@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from dreamforge.feed import EventFeed
     from dreamforge.job_store import JobStore
     from dreamforge.queue import JobQueue
+    from dreamforge.registry import ModelRegistry
+    from dreamforge.registry.jobs import DownloadRequest
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,13 @@ class JobService:
 
         return make_artifact_store(self.settings)
 
+    @cached_property
+    def models(self) -> ModelRegistry:
+        """The model registry (dreamforge/registry): list, add, resolve a job's model."""
+        from dreamforge.registry import ModelRegistry
+
+        return ModelRegistry(self.settings, self.job_store)
+
     def close(self) -> None:
         self.job_store.close()
 
@@ -192,6 +201,35 @@ class JobService:
                 if not self.job_store.delete_if_queued(job["id"]):
                     log.warning("[job=%s] the queue failed but a worker already took the job",
                                 job["id"])
+                raise
+        return Submitted(self._view(job), created)
+
+    def submit_download(self, request: DownloadRequest, *, correlation_id: str | None = None,
+                        idempotency_key: str | None = None, idempotency_scope: str = "",
+                        retry_of: str | None = None) -> Submitted:
+        """Queue a model download (a job of type ``download``), after the checks that need no
+        network: the URL's scheme, the name (made from the URL when absent) free, no credential
+        in the URL (the job keeps its URL; a hub's token belongs in DF_MODELS_DOWNLOAD_TOKEN)."""
+        from dreamforge.registry.records import has_credentials
+
+        if has_credentials(request.source):
+            raise InvalidRequest("the URL carries a credential (a password or a token parameter), which the "
+                                 "job would keep: set DF_MODELS_DOWNLOAD_TOKEN on the workers instead",
+                                 details=[{"field": "source", "message": "no credentials in the URL"}])
+        name, _ = self.models.plan_download(request.source, request.name)
+        params = request.model_copy(update={"name": name}).model_dump(mode="json")
+        key_hash = _sha256(f"{_sha256(idempotency_scope)}:{idempotency_key}") if idempotency_key else None
+        request_hash = _sha256(json.dumps(params, sort_keys=True)) if idempotency_key else None
+        job, created = self.job_store.create(params, correlation_id=correlation_id,
+                                             idempotency_key_hash=key_hash, request_hash=request_hash,
+                                             retry_of=retry_of, job_type="download",
+                                             idempotency_ttl_s=self.settings.idempotency_ttl.total_seconds())
+        if created:
+            try:
+                self.queue.enqueue(job["id"])
+            except DreamForgeError:
+                if not self.job_store.delete_if_queued(job["id"]):
+                    log.warning("[job=%s] the queue failed but a worker already took the job", job["id"])
                 raise
         return Submitted(self._view(job), created)
 
@@ -223,6 +261,11 @@ class JobService:
         if job["status"] not in (JobStatus.failed, JobStatus.canceled):
             raise JobStateError(f"job {job_id} has {job['status']}; only failed or canceled jobs are retried",
                                 code="job_not_retryable", details={"status": job["status"]})
+        if job["type"] == "download":
+            from dreamforge.registry.jobs import DownloadRequest
+
+            return self.submit_download(DownloadRequest.model_validate(job["params"]),
+                                        correlation_id=correlation_id, retry_of=job_id).view
         request = GenerateRequest.model_validate(job["params"])
         return self.submit(request, correlation_id=correlation_id, retry_of=job_id).view
 
@@ -427,6 +470,10 @@ class JobService:
 
     def succeed(self, fence: Fence, artifact: dict[str, Any], timings: dict[str, float]) -> bool:
         return self.job_store.apply(moves.succeed(fence, artifact, timings)) is not None
+
+    def complete(self, fence: Fence, note: dict[str, Any]) -> bool:
+        """The holder finished a job that stores no artifact (a model download)."""
+        return self.job_store.apply(moves.complete(fence, note)) is not None
 
     def fail_attempt(self, fence: Fence, failure: JobFailure, *,
                      unwritten_upload: str | None = None) -> str | None:

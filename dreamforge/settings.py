@@ -11,7 +11,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = "~/.cache/dream-forge/civitai/epicrealismXL_working.safetensors"
-SECRET_NAMES = ("DF_API_TOKEN", "DF_S3_SECRET_ACCESS_KEY", "DF_S3_ACCESS_KEY_ID")
+SECRET_NAMES = ("DF_API_TOKEN", "DF_S3_SECRET_ACCESS_KEY", "DF_S3_ACCESS_KEY_ID", "DF_MODELS_DOWNLOAD_TOKEN")
 
 
 def default_data_dir() -> Path:
@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     generate_model_path: str | None = None
     models_root: str | None = None
     default_model_dir: str | None = None
+    # Model downloads (`df models add URL`, POST /v1/models): a bearer token for hubs that want
+    # one (sent over https only, never logged), and whether plain http:// URLs are allowed.
+    models_download_token: SecretStr | None = None
+    models_allow_http: bool = False
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     vae_path: str | None = None

@@ -133,3 +133,27 @@ leases = sa.Table(
     _text("holder", 255),
     _ts("until", nullable=False),
 )
+
+# The model registry (dreamforge/registry): checkpoints a job can name. ``path`` is relative to
+# the models root (DF_MODELS_ROOT) when the model lies under it, so a worker that mounts the
+# root elsewhere finds it; absolute otherwise. ``sha256`` of a Diffusers folder is the hash of
+# its files' hashes (see registry/identify.py). ``downloaded``: DreamForge fetched the file, so
+# removing the model may delete it.
+models = sa.Table(
+    "models", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    _text("name", 128, unique=True),
+    _text("kind", 32),
+    _text("format", 16),
+    _text("source", 2048),
+    _text("path", 2048),
+    _text("sha256", 64),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("is_default", sa.Boolean, nullable=False, default=False),
+    sa.Column("downloaded", sa.Boolean, nullable=False, default=False),
+    # What the header or configs said (tensor count, dtype, the architecture's name).
+    sa.Column("details", sa.JSON, nullable=False),
+    _ts("added_at", nullable=False),
+    _ts("last_used_at"),
+    _ts("verified_at"),
+)

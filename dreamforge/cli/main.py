@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dreamforge.cli import artifacts, db, host, jobs, render
+from dreamforge.cli import artifacts, db, host, jobs, models, render
 from dreamforge.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="DreamForge: Stable Diffusion XL jobs on your own GPUs.", **TYPER_OPTIONS)
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(models.app, name="models")
 app.add_typer(db.app, name="db")
 app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(host.env_app, name="env")

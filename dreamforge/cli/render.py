@@ -185,9 +185,8 @@ def job_table(views: list[JobView]) -> None:
     if not console.is_terminal:
         for v in views:
             current, total = _step_progress(v)
-            line(v.id, v.status.value, v.created_at.isoformat(),
-                 f"{v.params['width']}x{v.params['height']}", f"{current}/{total}",
-                 inert(v.params["prompt"], 60))
+            line(v.id, v.status.value, v.created_at.isoformat(), _size(v), f"{current}/{total}",
+                 inert(_subject(v), 60))
         return
     from rich.table import Table
 
@@ -195,15 +194,45 @@ def job_table(views: list[JobView]) -> None:
     for v in views:
         current, total = _step_progress(v)
         table.add_row(cell(v.id), cell(v.status.value, style=COLOURS.get(v.status.value, "")),
-                      v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      f"{v.params['width']}x{v.params['height']}", f"{current}/{total}",
-                      cell(v.params["prompt"], 60))
+                      v.created_at.strftime("%Y-%m-%d %H:%M:%S"), _size(v), f"{current}/{total}",
+                      cell(_subject(v), 60))
     console.print(table)
+
+
+def _size(view: JobView) -> str:
+    p = view.params
+    return f"{p['width']}x{p['height']}" if "width" in p else "-"
+
+
+def _subject(view: JobView) -> str:
+    """A job's prompt; a download's name and URL."""
+    p = view.params
+    return p["prompt"] if "prompt" in p else f"{p.get('name')} ← {p.get('source')}"
+
+
+def download_details(view: JobView) -> None:
+    """A model download job (POST /v1/models): what it fetches, how far it got."""
+    from rich.text import Text
+
+    current, total = _step_progress(view)
+    p = view.params
+    lines: list[tuple[str, Any]] = [
+        ("id", view.id), ("status", view.status.value), ("type", view.type), ("model name", p.get("name")),
+        ("source", p.get("source")), ("sha256", p.get("sha256")), ("progress", f"{current}/{total} MiB"),
+        ("attempts", view.attempts), ("request id", view.correlation_id),
+        ("created", view.created_at.isoformat()),
+        ("finished", view.finished_at.isoformat() if view.finished_at else None)]
+    if view.error:
+        lines.append(("error", f"{view.error.code}: {view.error.message}"))
+    for name, value in lines:
+        common.console.print(Text.assemble(f"{name + ':':<17}", cell(value)))
 
 
 def job_details(view: JobView) -> None:
     from rich.text import Text
 
+    if view.type == "download":
+        return download_details(view)
     current, total = _step_progress(view)
     p = view.params
     seed = p.get("seed")

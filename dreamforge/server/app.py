@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from dreamforge.errors import InvalidRequest
 from dreamforge.schemas import JobView, parse_request
-from dreamforge.server import content, watch, web
+from dreamforge.server import content, models_api, watch, web
 from dreamforge.server.body import read_json
 from dreamforge.server.errors import EXCEPTION_HANDLERS, envelope
 from dreamforge.server.metrics import make_registry, metrics_text
@@ -141,6 +141,8 @@ ROUTES = [
     Route("/v1/jobs/{job_id}/artifacts", content.artifacts, methods=["GET"]),
     Route("/v1/jobs/{job_id}/artifacts/{item:int}/content", content.content, methods=["GET"]),
     Route("/v1/events", watch.all_events, methods=["GET"]),
+    Route("/v1/models", models_api.models, methods=["GET", "POST"]),
+    Route("/v1/models/{name}", models_api.get_model, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

@@ -16,6 +16,8 @@ from dreamforge.errors import (
     InvalidRequest,
     JobNotFound,
     JobStateError,
+    ModelConflict,
+    ModelNotFound,
     StorageError,
 )
 from dreamforge.text import cut, inert
@@ -29,6 +31,8 @@ STATUS_FOR = {
     JobStateError: 409,
     BackendUnavailable: 503,
     StorageError: 503,
+    ModelNotFound: 404,
+    ModelConflict: 409,
 }
 CODE_FOR_STATUS = {
     400: "invalid_json", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",

@@ -79,12 +79,17 @@ UNAVAILABLE = _error("The job store or the queue is unreachable", "service_unava
 def build_spec(token_required: bool = True) -> dict[str, Any]:
     """The v1 contract. ``token_required`` False describes a server without DF_API_TOKEN (the
     bearer token then becomes optional); the committed document is the deployed shape."""
+    from dreamforge.registry.jobs import DownloadRequest
+    from dreamforge.registry.views import ModelList, ModelObject
+    from dreamforge.server.models_spec import models_paths
     from dreamforge.server.watch_spec import watch_paths
 
     _, defs = models_json_schema([(GenerateRequest, "validation"), (JobView, "serialization"),
                                   (ErrorEnvelope, "serialization"), (JobPageView, "serialization"),
                                   (EventPage, "serialization"), (LogPage, "serialization"),
-                                  (ArtifactList, "serialization")], ref_template=REF)
+                                  (ArtifactList, "serialization"), (DownloadRequest, "validation"),
+                                  (ModelObject, "serialization"), (ModelList, "serialization")],
+                                 ref_template=REF)
     paths = {
         "/v1/jobs": {
             "post": {
@@ -129,6 +134,7 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                           "404": NOT_FOUND, "422": BAD_QUERY, "503": UNAVAILABLE},
         }},
         **{path: ops for path, ops in watch_paths().items() if path != "/v1/jobs"},
+        **models_paths(),
         "/healthz": {"get": {"operationId": "healthz", "summary": "The process is up",
                              "responses": {"200": {"description": "Up", "content": {"application/json": {
                                  "schema": {"type": "object", "properties": {"status": {"type": "string"}}},

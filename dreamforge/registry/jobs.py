@@ -1,0 +1,94 @@
+"""A model download as a job (``POST /v1/models``): the request, and the run a worker makes of it.
+
+The job's one step is ``download``; its progress counts MiB (the step's counters are 32-bit
+integers, too small for the bytes of a 7 GB checkpoint). A download that succeeds has no
+artifact: the model is registered, and the job's last status event names it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dreamforge.errors import BackendUnavailable, InvalidRequest
+from dreamforge.registry.download import MAX_URL
+from dreamforge.registry.records import NAME_PATTERN
+
+if TYPE_CHECKING:
+    from dreamforge.moves import Fence
+    from dreamforge.registry.records import ModelRecord
+    from dreamforge.service import JobService
+
+MIB = 1024 * 1024
+PROGRESS_EVERY_S = 0.25
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+# An https URL with a host: what the schema can say. The server checks more (the host's form, the
+# port's range, no credential in the URL) and answers 422 for what fails.
+URL_PATTERN = r"^https://[^\s/?#@:]+(:[0-9]{1,5})?([/?][^\s#]*)?$"
+
+
+class DownloadRequest(BaseModel):
+    """Download a single-file SDXL checkpoint into the models root and register it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"source": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+                   "sd_xl_base_1.0.safetensors", "name": "sdxl-base"}]})
+
+    type: Literal["download"] = "download"
+    source: str = Field(min_length=1, max_length=MAX_URL, json_schema_extra={"pattern": URL_PATTERN},
+                        description="An https:// URL of a .safetensors file (http:// only where the server "
+                                    "sets DF_MODELS_ALLOW_HTTP=1).")
+    name: str | None = Field(default=None, json_schema_extra={"pattern": NAME_PATTERN},
+                             description="The registry name; the URL's file name without .safetensors "
+                                         "when absent.")
+    sha256: str | None = Field(default=None, json_schema_extra={"pattern": SHA256_PATTERN},
+                               description="Checked when given; recorded always.")
+    default: bool = Field(default=False, description="Make it the default model once registered.")
+
+
+def parse_download(data: Any) -> DownloadRequest:
+    from dreamforge.schemas import field_errors
+
+    try:
+        return DownloadRequest.model_validate(data)
+    except ValidationError as exc:
+        details = field_errors(exc)
+        raise InvalidRequest(details[0]["message"], details=details) from None
+
+
+class JobProgress:
+    """Download progress into the job's step: MiB, at most one write per PROGRESS_EVERY_S and
+    always the last. A refused write means the job was canceled or taken: the download stops
+    (its partial file stays, for a later try to resume)."""
+
+    def __init__(self, service: JobService, fence: Fence):
+        self.service, self.fence = service, fence
+        self.written = 0.0
+        self.recorded = -1
+
+    def __call__(self, done: int, total: int | None) -> None:
+        from dreamforge.execution import LostJob
+
+        current = done // MIB
+        whole = -(-total // MIB) if total else max(current, 1)
+        last = total is not None and done >= total
+        now = time.monotonic()
+        if not last and (current == self.recorded or now - self.written < PROGRESS_EVERY_S):
+            return
+        try:
+            held = self.service.progress(self.fence, whole if last else current, whole)
+        except BackendUnavailable:
+            return  # progress is best effort
+        self.written, self.recorded = now, current
+        if not held:
+            raise LostJob(self.fence.job_id)
+
+
+def run_download(service: JobService, fence: Fence, params: dict[str, Any]) -> ModelRecord:
+    """Download and register the model a download job asks for. Raises the registry's errors
+    (their codes become the job's), or LostJob when the job was canceled meanwhile."""
+    request = DownloadRequest.model_validate(params)
+    return service.models.add_url(request.source, request.name, request.sha256,
+                                  make_default=request.default, progress=JobProgress(service, fence))
