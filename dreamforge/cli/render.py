@@ -87,12 +87,15 @@ def watch(service: JobService | RemoteService, job_id: str, *, quiet: bool = Fal
     once a second while that holds)."""
     view = service.get(job_id)
     job = _Followed(view)
-    batches = service.follow_events(job_id, poll_s=POLL_S)  # reads nothing until asked
+    if job.ended():  # shown as it ended; nothing to follow
+        _follow(service, job_id, job, iter(()), quiet=quiet, check=check, on_no_worker=on_no_worker)
+        return view
+    batches = service.follow_events(job_id, poll_s=POLL_S)
     try:
         _follow(service, job_id, job, batches, quiet=quiet, check=check, on_no_worker=on_no_worker)
     finally:
         batches.close()  # a remote stream's connection too
-    return view if view.status.is_terminal() else service.get(job_id)
+    return service.get(job_id)
 
 
 def _follow(service: JobService | RemoteService, job_id: str, job: _Followed,
