@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import time
 import uuid
 from collections.abc import Generator
@@ -70,6 +71,24 @@ PAGE = 1000  # the most events, log lines or jobs one request of the API returns
 # this long means the connection is dead, and it is opened again.
 STREAM_READ_S = 45.0
 MAX_BACKOFF_S = 2.0
+# The last part of an artifact's key: `df artifacts get` names its file so. From a server, it must be
+# a plain file name (no folder, no dot file), whatever the server says.
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}\Z")
+
+
+class WorkerView(BaseModel):
+    id: str
+    hostname: str
+    pid: int
+    heartbeat_at: str
+
+
+class StatusView(BaseModel):
+    """GET /v1/status, checked before the CLI prints it."""
+
+    jobs: dict[str, int]
+    queue_depth: int
+    workers: list[WorkerView]
 
 
 class _Patience:
@@ -106,8 +125,14 @@ class RemoteService:
 
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 30.0,
                  retry_s: float = 30.0, transport: httpx.BaseTransport | None = None):
-        scheme, sep, rest = url.strip().partition("://")
-        if scheme.lower() not in ("http", "https") or not sep or not rest.strip("/"):
+        import httpx
+
+        try:
+            parsed = httpx.URL(url.strip())
+        except (httpx.InvalidURL, TypeError):
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or parsed.query \
+                or parsed.fragment:
             raise ConfigError(f"DF_API_URL must be an http:// or https:// URL such as http://gpu-box:8001, "
                               f"not {cut(mask_url(url), 100)!r}")
         self.url = url.strip().rstrip("/")
@@ -218,6 +243,8 @@ class RemoteService:
                         if not sse.data:
                             continue
                         event = self._event(self._loads(sse.data))
+                        if event["job_id"] != job_id or event["id"] <= after_id:
+                            continue  # not this job's, or seen already: nothing to show
                         after_id = event["id"]
                         yield [event]
             except httpx.TransportError as exc:
@@ -267,10 +294,7 @@ class RemoteService:
         return workers
 
     def status(self) -> dict[str, Any]:
-        data = self._json(self._get("/v1/status"))
-        if not isinstance(data.get("jobs"), dict) or not isinstance(data.get("workers"), list):
-            self._bad_answer("/v1/status")
-        return data
+        return self._parse(StatusView, self._json(self._get("/v1/status"))).model_dump()
 
     # -- HTTP ---------------------------------------------------------------------------------------
     def _job_path(self, job_id: str, *rest: str) -> str:
@@ -301,6 +325,8 @@ class RemoteService:
                 if patience.wait():
                     continue
                 self._unreachable(exc)
+            except httpx.HTTPError:  # a body that does not decode, say
+                self._bad_answer(f"{method} {path}")
             if not 200 <= response.status_code < 300:  # redirects are not followed: an error too
                 self._raise_for(response)
             return response
@@ -360,6 +386,8 @@ class RemoteService:
 
     def _record(self, view: JobView) -> JobView:
         for art in view.artifacts:
+            if not FILE_NAME.match(art.s3_key.rpartition("/")[2]):
+                self._bad_answer(f"with an artifact key that ends in a plain file name ({cut(art.s3_key, 100)!r})")
             self._artifacts[art.s3_key] = (view.id, art.item_index, art.sha256)
         return view
 

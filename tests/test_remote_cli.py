@@ -323,3 +323,33 @@ def test_help_does_not_import_httpx():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--api URL" in result.stdout
+
+
+def test_answers_that_are_not_the_apis_are_clear_errors():
+    """A proxy's page, a foreign server, or a view whose artifact key would name a dot file or a
+    folder: one clear error each, never a crash or a file outside the folder asked for."""
+    from dreamforge.errors import DreamForgeError
+
+    job_id = "8b0f7a52-3c1e-4d7a-9a51-2d0c8e7f1a10"
+    view = {"id": job_id, "type": "generate", "status": "succeeded", "params": {}, "steps": [],
+            "summary": {"count": 1, "completed": 1}, "created_at": "2026-01-01T12:00:00Z",
+            "artifacts": [{"item_index": 0, "seed": 1, "width": 64, "height": 64, "format": "png",
+                           "s3_key": "dreamforge/default/jobs/x/generate/../.bashrc", "size_bytes": 1,
+                           "sha256": "0" * 64}]}
+    answers = {f"/v1/jobs/{job_id}": httpx.Response(200, json=view),
+               "/v1/jobs": httpx.Response(502, text="<html>Bad Gateway</html>"),
+               "/v1/status": httpx.Response(200, json={"jobs": {}, "workers": "none"})}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return answers[request.url.path]
+
+    client = RemoteService("http://api.test", transport=httpx.MockTransport(answer))
+    for call, expected in ((lambda: client.get(job_id), "artifact key that ends in a plain file name"),
+                           (lambda: client.list_jobs(), "HTTP 502 from http://api.test/v1/jobs"),
+                           (client.status, "did not answer with a StatusView")):
+        with pytest.raises(DreamForgeError) as caught:
+            call()
+        assert expected in caught.value.message
+    for url in ("http://[::1", "http://host/?x=1", "file:///tmp/x", "gpu-box:8001"):
+        with pytest.raises(DreamForgeError, match="DF_API_URL must be"):
+            RemoteService(url)
