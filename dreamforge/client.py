@@ -177,6 +177,11 @@ class RemoteService:
     def retry(self, job_id: str) -> JobView:
         return self._job(self._post(self._job_path(job_id, "retry")))
 
+    def rerun(self, job_id: str, *, new_seed: bool = False) -> Submitted:
+        """POST /v1/jobs/{id}/rerun (a server with reruns: `df jobs rerun`)."""
+        response = self._post(self._job_path(job_id, "rerun"), json={"new_seed": new_seed})
+        return Submitted(self._job(response), response.headers.get("idempotent-replayed") != "true")
+
     def retry_failed(self, *, error_code: str | None = None, since: datetime | None = None,
                      limit: int = 1000) -> list[JobView]:
         """As the job service does it: the failed jobs that match, each retried."""
