@@ -192,9 +192,6 @@ class RemoteService:
     def get(self, job_id: str) -> JobView:
         return self._job(self._get(self._job_path(job_id)))
 
-    def list_jobs(self, status: str | list[str] | None = None, limit: int = 20) -> list[JobView]:
-        return self.page_jobs(status, limit=limit).jobs
-
     def page_jobs(self, statuses: str | list[str] | None = None, job_type: str | None = None, *,
                   created_after: datetime | None = None, created_before: datetime | None = None,
                   error_code: str | None = None, cursor: str | None = None, limit: int = 20) -> JobPage:

@@ -345,7 +345,7 @@ def test_answers_that_are_not_the_apis_are_clear_errors():
 
     client = RemoteService("http://api.test", transport=httpx.MockTransport(answer))
     for call, expected in ((lambda: client.get(job_id), "artifact key that ends in a plain file name"),
-                           (lambda: client.list_jobs(), "HTTP 502 from http://api.test/v1/jobs"),
+                           (lambda: client.page_jobs(), "HTTP 502 from http://api.test/v1/jobs"),
                            (client.status, "did not answer with a StatusView")):
         with pytest.raises(DreamForgeError) as caught:
             call()
