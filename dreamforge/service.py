@@ -16,6 +16,8 @@ import base64
 import hashlib
 import json
 import logging
+import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -252,11 +254,13 @@ class JobService:
                 return self.get(job_id)
         raise BackendUnavailable("the job kept changing state; try again")
 
-    def retry(self, job_id: str, *, correlation_id: str | None = None) -> JobView:
+    def retry(self, job_id: str, *, correlation_id: str | None = None, idempotency_key: str | None = None,
+              idempotency_scope: str = "") -> JobView:
         """A failed or canceled job, run again: a new job with the same parameters (its recorded
         seed included, so the same image) that names the one it retries. A new job rather than a
         new attempt of the old one: the old record stays as it ended (its error, its events), and
-        the new one has a history of its own. Succeeded, queued and running jobs: JobStateError."""
+        the new one has a history of its own. Succeeded, queued and running jobs: JobStateError.
+        An idempotency key names one retry of this job (see ``submit``)."""
         job = self.job_store.job(job_id)
         if job["status"] not in (JobStatus.failed, JobStatus.canceled):
             raise JobStateError(f"job {job_id} has {job['status']}; only failed or canceled jobs are retried",
@@ -267,7 +271,9 @@ class JobService:
             return self.submit_download(DownloadRequest.model_validate(job["params"]),
                                         correlation_id=correlation_id, retry_of=job_id).view
         request = GenerateRequest.model_validate(job["params"])
-        return self.submit(request, correlation_id=correlation_id, retry_of=job_id).view
+        return self.submit(request, correlation_id=correlation_id, retry_of=job_id,
+                           idempotency_key=idempotency_key,
+                           idempotency_scope=f"{idempotency_scope}\nretry:{job_id}").view
 
     def retry_failed(self, *, error_code: str | None = None, since: datetime | None = None,
                      limit: int = 1000) -> list[JobView]:
@@ -346,6 +352,18 @@ class JobService:
         """The job's history after event ``after_id``, oldest first."""
         self.job_store.job(job_id)  # raises JobNotFound
         return self.job_store.events(job_id, after_id, limit)
+
+    def follow_events(self, job_id: str, after_id: int = 0, poll_s: float = 0.1
+                      ) -> Generator[list[dict[str, Any]], None, None]:
+        """The job's events after ``after_id`` as they come: its history at once, then what is new
+        every ``poll_s`` (an empty list when nothing is). Never ends by itself: the caller stops
+        once it has seen what it waits for (the job's terminal event, say)."""
+        while True:
+            batch = self.events(job_id, after_id)
+            if batch:
+                after_id = batch[-1]["id"]
+            yield batch
+            time.sleep(poll_s)
 
     def events_after(self, after_id: int, limit: int = 1000) -> list[dict[str, Any]]:
         """Every job's events after ``after_id`` (with ``job_type``), oldest first."""

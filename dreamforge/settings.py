@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8001, ge=1, le=65535)
     api_token: SecretStr | None = None
+    # Set: the CLI is an HTTP client of the `df serve` there (DF_API_TOKEN its bearer token) and
+    # opens no job store, queue or artifact store of its own.
+    api_url: str | None = None
+    # Each HTTP request's limit; and how long the CLI goes on retrying when the server can't be
+    # reached (reads, and writes that carry an Idempotency-Key), before it gives up.
+    api_timeout_s: float = Field(default=30.0, gt=0)
+    api_retry_s: float = Field(default=30.0, ge=0)
 
     # A worker is "live" while its heartbeat is younger than worker_timeout_s.
     heartbeat_interval_s: float = Field(default=2.0, gt=0)

@@ -125,6 +125,10 @@ def test_log_lines_and_a_canceled_watch_are_inert(consoles):
             self.ended = True
             return [{"id": 1, "at": at, "kind": "status", "payload": {"status": "canceled"}}]
 
+        def follow_events(self, job_id, after_id=0, poll_s=0.1):
+            while True:
+                yield self.events(job_id, after_id)
+
         def live_workers(self):
             return [{"id": "w"}]
 

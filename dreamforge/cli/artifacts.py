@@ -13,6 +13,7 @@ from dreamforge.cli.common import (
     console,
     fail,
     handle_errors,
+    open_local_service,
     open_service,
     print_json,
 )
@@ -50,7 +51,7 @@ def retry(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Upload the images that a failed upload left in the local spool, and finish their jobs."""
-    results = open_service().retry_spooled()
+    results = open_local_service("df artifacts retry").retry_spooled()
     if as_json:
         print_json(results)
     elif not results:

@@ -21,6 +21,7 @@ from dreamforge.text import inert
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from dreamforge.client import RemoteService
     from dreamforge.service import JobService
     from dreamforge.settings import Settings
 
@@ -91,10 +92,42 @@ def load_settings() -> Settings:
         fail(f"invalid setting {name}: {err['msg']}", EXIT_USAGE)
 
 
-def open_service(settings: Settings | None = None) -> JobService:
+# `df --api URL`, for this invocation: wins over DF_API_URL.
+api_option: str | None = None
+
+
+def api_url(settings: Settings) -> str | None:
+    """The `df serve` this CLI is a client of (--api, else DF_API_URL); None: the local store."""
+    return api_option or settings.api_url or None
+
+
+def open_service(settings: Settings | None = None) -> JobService | RemoteService:
+    """The job service: this machine's job store, or the `df serve` at --api / DF_API_URL (the
+    same verbs over HTTP)."""
+    settings = settings or load_settings()
+    if url := api_url(settings):
+        from dreamforge.client import RemoteService
+
+        return RemoteService.from_settings(settings, url)
+    return open_local_service("", settings)
+
+
+def open_local_service(command: str, settings: Settings | None = None) -> JobService:
+    """This machine's job service, for what only it can do (run jobs, prune, migrate)."""
     from dreamforge.service import JobService
 
-    return JobService.from_settings(settings or load_settings())
+    settings = settings or load_settings()
+    require_local(command, settings)
+    return JobService.from_settings(settings)
+
+
+def require_local(command: str, settings: Settings) -> None:
+    """One line and exit 2 when a remote server is set: ``command`` needs this machine's store."""
+    if command and (url := api_url(settings)):
+        from dreamforge.settings import mask_url
+
+        fail(f"{command} needs a local job store, and this CLI is a client of {mask_url(url)} "
+             "(--api / DF_API_URL): run it on the server's host, or unset DF_API_URL", EXIT_USAGE)
 
 
 def handle_errors(fn: F) -> F:

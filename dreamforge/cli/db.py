@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dreamforge.cli import render
-from dreamforge.cli.common import TYPER_OPTIONS, handle_errors, load_settings, print_json
+from dreamforge.cli.common import TYPER_OPTIONS, handle_errors, load_settings, print_json, require_local
 
 app = typer.Typer(help="The job store's schema: upgrade it, or say where it is.", **TYPER_OPTIONS)
 
@@ -19,7 +19,9 @@ def upgrade(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.
     start-up unless DF_DB_AUTO_UPGRADE=0). Safe beside running processes and other upgrades."""
     from dreamforge.service import upgrade_schema
 
-    before, after = upgrade_schema(load_settings())
+    settings = load_settings()
+    require_local("df db upgrade", settings)
+    before, after = upgrade_schema(settings)
     if as_json:
         print_json({"before": before, "after": after})
     elif before == after:
@@ -35,7 +37,9 @@ def current(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.
     from dreamforge.migrate import HEAD_REVISION
     from dreamforge.service import schema_revision
 
-    revision = schema_revision(load_settings())
+    settings = load_settings()
+    require_local("df db current", settings)
+    revision = schema_revision(settings)
     if as_json:
         print_json({"current": revision, "head": HEAD_REVISION})
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,6 +18,7 @@ from dreamforge.cli.common import (
     fail,
     handle_errors,
     note,
+    open_local_service,
     open_service,
     print_json,
 )
@@ -181,7 +181,7 @@ def prune(
         raise InvalidRequest(f"--older-than wants an age such as 30d, 12h or 1w, not {older_than[:60]!r}")
     age = timedelta(**{UNITS[match[2]]: int(match[1])}).total_seconds()
     statuses = [s.value for s in status] if status else None
-    counts = open_service().prune(age, statuses, dry_run=dry_run)
+    counts = open_local_service("df jobs prune").prune(age, statuses, dry_run=dry_run)
     if as_json:
         print_json({**counts, "dry_run": dry_run})
     else:
@@ -260,11 +260,11 @@ def logs(
         for entry in lines if not as_json else []:
             render.log_line(entry)
         return
-    after, ended = 0, False
+    ended = False
+    batches = service.follow_events(job_id, poll_s=render.POLL_S)
     try:
         while not ended:
-            for event in service.events(job_id, after):
-                after = event["id"]
+            for event in next(batches):
                 if event["kind"] == "status":
                     ended = JobStatus(event["payload"].get("status", "queued")).is_terminal()
                 shown = log_line(event)
@@ -275,7 +275,7 @@ def logs(
                     console.file.flush()
                 else:
                     render.log_line(shown)
-            if not ended:
-                time.sleep(render.POLL_S)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        batches.close()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dreamforge.cli import artifacts, db, host, jobs, models, render
+from dreamforge.cli import artifacts, common, db, host, jobs, models, render
 from dreamforge.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -22,14 +22,17 @@ from dreamforge.cli.common import (
     handle_errors,
     load_settings,
     note,
+    open_local_service,
     open_service,
     print_json,
+    require_local,
     setup_logging,
 )
 from dreamforge.status import JobStatus
 from dreamforge.text import inert
 
 if TYPE_CHECKING:
+    from dreamforge.client import RemoteService
     from dreamforge.schemas import JobView
     from dreamforge.service import JobService
     from dreamforge.settings import Settings
@@ -45,18 +48,33 @@ app.add_typer(host.env_app, name="env")
 app.add_typer(host.gpu_app, name="gpu")
 
 
+@app.callback()
+def options(
+    api: Annotated[str | None, typer.Option(
+        "--api", metavar="URL", help="Be a client of the `df serve` at this URL (DF_API_URL; its token: "
+                                     "DF_API_TOKEN) instead of opening a job store here.")] = None,
+) -> None:
+    common.api_option = api
+
+
 class LocalRun:
     """Runs the job in this process when no worker is live: at once, or when the last live
     worker stops answering while the job still waits in the queue."""
 
-    def __init__(self, service: JobService, settings: Settings, job_id: str):
+    def __init__(self, service: JobService | RemoteService, settings: Settings, job_id: str):
         self.service, self.settings, self.job_id = service, settings, job_id
         self.inline: InlineWorker | None = None
+        # A server's jobs run on its own workers: with none live, say so and go on watching.
+        self.remote_notice = jobs.no_worker_notice()
 
     def start(self, reason: str) -> None:
         from dreamforge.runners import make_runner
+        from dreamforge.service import JobService
         from dreamforge.worker import InlineWorker
 
+        if not isinstance(self.service, JobService):
+            self.remote_notice(self.service.get(self.job_id))
+            return
         setup_logging(logging.WARNING)
         note(f"{reason}: running job {self.job_id} in this process.")
         self.inline = InlineWorker(self.service, make_runner(self.settings), self.job_id)
@@ -200,7 +218,7 @@ def worker(
             fail(f"can't serve metrics on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE)
         logging.getLogger("dreamforge.worker").info("metrics on http://%s:%d/metrics", host, port)
     try:
-        run_worker(open_service(settings), make_runner(settings), concurrency)
+        run_worker(open_local_service("df worker", settings), make_runner(settings), concurrency)
     finally:
         if exporter is not None:
             exporter.shutdown()
@@ -243,6 +261,7 @@ def serve(
     from dreamforge.server.app import create_app
 
     settings = load_settings()
+    require_local("df serve", settings)
     setup_logging()
     embedded = settings.queue_url.startswith("sqlite") if worker is None else worker
     app_ = create_app(settings, embedded_worker=embedded)

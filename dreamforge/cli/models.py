@@ -20,7 +20,7 @@ from dreamforge.cli.common import (
     fail,
     handle_errors,
     note,
-    open_service,
+    open_local_service,
     print_json,
 )
 
@@ -100,7 +100,7 @@ def list_models(
 ) -> None:
     """Every registered model; while none is the default, the model the settings name is listed
     first as `default`."""
-    registry = open_service().models
+    registry = open_local_service("df models").models
     records = registry.all()
     if not any(r.is_default for r in records):
         records.insert(0, registry.settings_default())
@@ -131,7 +131,7 @@ def show(
     """One model: what it is, where it lies, its hash, size and times."""
     from rich.text import Text
 
-    record = open_service().models.resolve(name)
+    record = open_local_service("df models").models.resolve(name)
     if as_json:
         print_json(_json(record))
         return
@@ -172,7 +172,7 @@ def add(
 
     if sha256 is not None and not (len(sha256) == 64 and all(c in "0123456789abcdefABCDEF" for c in sha256)):
         raise InvalidRequest("--sha256 wants 64 hexadecimal digits")
-    registry = open_service().models
+    registry = open_local_service("df models").models
     if source.startswith(("https://", "http://")):
         try:
             with _bar(f"downloading {name or 'model'}") as update:
@@ -212,7 +212,7 @@ def remove(
     (unless --keep-file); a file or folder added from a local path is never touched."""
     from rich.text import Text
 
-    record, deleted = open_service().models.remove(name, keep_file=keep_file)
+    record, deleted = open_local_service("df models").models.remove(name, keep_file=keep_file)
     where = f"; deleted {deleted}" if deleted else f"; {record.location} is left in place"
     console.print(Text.assemble("removed ", render.cell(record.name), render.cell(where)))
 
@@ -227,7 +227,7 @@ def verify(
     check its header too. Exit 1 when any differs or is missing."""
     from rich.text import Text
 
-    registry = open_service().models
+    registry = open_local_service("df models").models
     chosen = names or [r.name for r in registry.all()]
     if not chosen:
         note("no models are registered (df models add, df models scan)")
@@ -257,7 +257,7 @@ def default(
     """Show or set the default model: the one a job without `model` uses."""
     from rich.text import Text
 
-    registry = open_service().models
+    registry = open_local_service("df models").models
     if unset and name:
         fail("give a name or --unset, not both", 2)
     record = registry.set_default(None) if unset else registry.set_default(name) if name else registry.default()
@@ -275,7 +275,7 @@ def scan(
     Diffusers folders, four levels deep), each named after its file; say why others are refused."""
     from rich.text import Text
 
-    registry = open_service().models
+    registry = open_local_service("df models").models
     if not registry.root.is_dir():
         fail(f"the models root {registry.root} does not exist (DF_MODELS_ROOT)")
     with _bar(f"hashing under {registry.root}") as update:

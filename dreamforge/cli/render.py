@@ -8,7 +8,7 @@ and wrapped in rich ``Text``, so markup such as ``[/x]`` is shown, never interpr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dreamforge.cli import common
@@ -17,6 +17,7 @@ from dreamforge.text import inert
 if TYPE_CHECKING:
     from rich.text import Text
 
+    from dreamforge.client import RemoteService
     from dreamforge.schemas import JobView
     from dreamforge.service import JobService
 
@@ -73,22 +74,37 @@ class _Followed:
         return JobStatus(self.status).is_terminal()
 
 
-def watch(service: JobService, job_id: str, *, quiet: bool = False,
+def watch(service: JobService | RemoteService, job_id: str, *, quiet: bool = False,
           check: Callable[[], None] | None = None,
           on_no_worker: Callable[[JobView], None] | None = None) -> JobView:
-    """Follow a job until it ends, by its events (``service.events`` after the last one seen,
-    every POLL_S): a progress bar on a terminal, one line per status change otherwise (stderr
-    either way, so stdout stays for results). Returns the job's final view.
+    """Follow a job until it ends, by its events (``service.follow_events``: read every POLL_S
+    from a local store, pushed by a remote server): a progress bar on a terminal, one line per
+    status change otherwise (stderr either way, so stdout stays for results). Returns the job's
+    final view.
 
     ``check`` runs at every poll and may raise to stop watching (the CLI's own in-process run
     died). ``on_no_worker`` is called when the job has not ended and no worker is live (about
     once a second while that holds)."""
     view = service.get(job_id)
     job = _Followed(view)
+    if job.ended():  # shown as it ended; nothing to follow
+        _follow(service, job_id, job, iter(()), quiet=quiet, check=check, on_no_worker=on_no_worker)
+        return view
+    batches = service.follow_events(job_id, poll_s=POLL_S)
+    try:
+        _follow(service, job_id, job, batches, quiet=quiet, check=check, on_no_worker=on_no_worker)
+    finally:
+        batches.close()  # a remote stream's connection too
+    return service.get(job_id)
+
+
+def _follow(service: JobService | RemoteService, job_id: str, job: _Followed,
+            batches: Iterator[list[dict[str, Any]]], *, quiet: bool, check: Callable[[], None] | None,
+            on_no_worker: Callable[[JobView], None] | None) -> None:
     if not job.ended():
-        # The whole history once: folded over the view it ends at least where the view is, so no
-        # move made between the two reads is missed (a move applied twice changes nothing).
-        for event in service.events(job_id):
+        # The history first: folded over the view it ends at least where the view is, so no move
+        # made between the two reads is missed (a move applied twice changes nothing).
+        for event in next(batches):
             job.apply(event)
     last_liveness = time.monotonic()
 
@@ -97,12 +113,11 @@ def watch(service: JobService, job_id: str, *, quiet: bool = False,
             on_no_worker(service.get(job_id))
 
     def poll() -> list[str]:
-        """Wait a tick, then the statuses the job moved through since the last poll."""
+        """The statuses the job moved through since the last poll (after a tick, or an event)."""
         nonlocal last_liveness
-        time.sleep(POLL_S)
         if check is not None:
             check()
-        moved = [job.status for event in service.events(job_id, job.after) if job.apply(event)]
+        moved = [job.status for event in next(batches) if job.apply(event)]
         if time.monotonic() - last_liveness >= LIVENESS_S:
             last_liveness = time.monotonic()
             no_worker()
@@ -116,7 +131,6 @@ def watch(service: JobService, job_id: str, *, quiet: bool = False,
                 _show_status(job_id, status, quiet)
     else:
         _progress_bar(job, poll)
-    return view if view.status.is_terminal() else service.get(job_id)
 
 
 def _progress_bar(job: _Followed, poll: Callable[[], object]) -> None:

@@ -59,12 +59,17 @@ def idempotency_scope(request: Request) -> str:
     return "client:" + (request.client.host if request.client else "")
 
 
-async def create_job(request: Request) -> Response:
-    data = await read_json(request)
+def idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is not None and not VISIBLE.match(key):
         raise InvalidRequest("Idempotency-Key must be 1-255 visible ASCII characters",
                              details=[{"field": "Idempotency-Key", "message": "1-255 visible characters"}])
+    return key
+
+
+async def create_job(request: Request) -> Response:
+    data = await read_json(request)
+    key = idempotency_key(request)
     job_request = parse_request(data)  # strict: the model refuses `true` or "64" for an integer
     submitted = await run_in_threadpool(_service(request).submit, job_request,
                                         correlation_id=request.state.request_id, idempotency_key=key,
@@ -95,10 +100,19 @@ def cancel_job(request: Request) -> Response:
 
 
 def retry_job(request: Request) -> Response:
-    """A failed or canceled job, run again as a new job (202, Location of the new job)."""
+    """A failed or canceled job, run again as a new job (202, Location of the new job). With an
+    Idempotency-Key, a repeated request (a client retrying after a lost reply) gets the same new job."""
     parse_query(NoQuery, request)
-    view = _service(request).retry(request.path_params["job_id"], correlation_id=request.state.request_id)
+    view = _service(request).retry(request.path_params["job_id"], correlation_id=request.state.request_id,
+                                   idempotency_key=idempotency_key(request),
+                                   idempotency_scope=idempotency_scope(request))
     return _view_response(view, 202, {"Location": f"/v1/jobs/{view.id}"})
+
+
+def status(request: Request) -> Response:
+    """What `df status` shows: job counts by status, queue depth, live workers."""
+    parse_query(NoQuery, request)
+    return JSONResponse(_service(request).status())
 
 
 def healthz(request: Request) -> Response:
@@ -143,6 +157,7 @@ ROUTES = [
     Route("/v1/events", watch.all_events, methods=["GET"]),
     Route("/v1/models", models_api.models, methods=["GET", "POST"]),
     Route("/v1/models/{name}", models_api.get_model, methods=["GET"]),
+    Route("/v1/status", status, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

@@ -75,6 +75,20 @@ BAD_QUERY = _error("A query parameter or header is malformed, out of bounds or u
 UNAVAILABLE = _error("The job store or the queue is unreachable", "service_unavailable",
                      "job store unreachable")
 
+STATUS_SCHEMA = {
+    "type": "object", "required": ["jobs", "queue_depth", "workers"],
+    "properties": {
+        "jobs": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
+                 "description": "Jobs by status, every status named."},
+        "queue_depth": {"type": "integer", "minimum": 0, "description": "Messages waiting in the queue."},
+        "workers": {"type": "array", "description": "Workers with a recent heartbeat.", "items": {
+            "type": "object", "required": ["id", "hostname", "pid", "heartbeat_at"],
+            "properties": {"id": {"type": "string"}, "hostname": {"type": "string"}, "pid": {"type": "integer"},
+                           "heartbeat_at": {"type": "string", "format": "date-time"}}}}}}
+STATUS_EXAMPLE = {"jobs": {"queued": 2, "running": 1, "succeeded": 40, "failed": 1, "canceled": 0},
+                  "queue_depth": 2, "workers": [{"id": "gpu-box-1234-0", "hostname": "gpu-box", "pid": 1234,
+                                                 "heartbeat_at": "2026-01-01T12:00:00+00:00"}]}
+
 
 def build_spec(token_required: bool = True) -> dict[str, Any]:
     """The v1 contract. ``token_required`` False describes a server without DF_API_TOKEN (the
@@ -135,6 +149,13 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
         }},
         **{path: ops for path, ops in watch_paths().items() if path != "/v1/jobs"},
         **models_paths(),
+        "/v1/status": {"get": {
+            "operationId": "getStatus", "summary": "Job counts by status, queue depth and live workers",
+            "description": "What `df status` shows (`df status --json` prints the same object).",
+            "parameters": [REQUEST_ID],
+            "responses": {"200": {"description": "The system's state", "content": {"application/json": {
+                "schema": STATUS_SCHEMA, "example": STATUS_EXAMPLE}}},
+                          "401": UNAUTHORIZED, "422": BAD_QUERY, "503": UNAVAILABLE}}},
         "/healthz": {"get": {"operationId": "healthz", "summary": "The process is up",
                              "responses": {"200": {"description": "Up", "content": {"application/json": {
                                  "schema": {"type": "object", "properties": {"status": {"type": "string"}}},

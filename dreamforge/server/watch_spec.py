@@ -16,6 +16,7 @@ from dreamforge.server.openapi import (
     REQUEST_ID,
     UNAUTHORIZED,
     UNAVAILABLE,
+    VISIBLE_PATTERN,
     _error,
     _job,
 )
@@ -94,7 +95,11 @@ def watch_paths() -> dict[str, dict[str, Any]]:
             "description": "The new job has the same parameters (its recorded seed included, so the same "
                            "image) and names the job it retries in `retry_of`; the old job stays as it "
                            "ended. Only failed and canceled jobs are retried.",
-            "parameters": job,
+            "parameters": [*job, {
+                "name": "Idempotency-Key", "in": "header", "required": False,
+                "description": "The same key again (a client retrying after a lost reply) returns the same "
+                               "new job instead of making another; a key names one retry of this job.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": VISIBLE_PATTERN}}],
             "responses": {"202": _job("The new job, queued", {**EXAMPLE_JOB, "status": "queued",
                                                              "retry_of": EXAMPLE_JOB["id"], "artifacts": [],
                                                              "summary": {"count": 1, "completed": 0}}),
