@@ -155,6 +155,23 @@ def start_worker(df_env: dict[str, str], tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture(scope="session")
+def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SDXL base's configs and tokenizers, as DreamForge ships them for single files."""
+    from dreamforge.runners.model_config import sdxl_config_dir
+
+    return sdxl_config_dir(tmp_path_factory.mktemp("model-config"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, config_dir: Path) -> tuple[Path, Path]:
+    """A tiny random-weight SDXL, built once per test process: (Diffusers folder, single file)."""
+    pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
+    from tests.tiny_sdxl import save_tiny_sdxl
+
+    return save_tiny_sdxl(tmp_path_factory.mktemp("tiny"), config_dir)
+
+
+@pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """One SeaweedFS S3 server for the session; tests that stop it start their own."""
     from tests.seaweed import SeaweedServer, weed_binary

@@ -70,15 +70,10 @@ def hand_made_sdxl(path: Path) -> Path:
     return write_safetensors(path, {k: [1] for k in SDXL_KEYS}, {"format": "pt"})
 
 
-@pytest.fixture(scope="session")
-def tiny_sdxl_file(tmp_path_factory) -> tuple[Path, Path]:
+@pytest.fixture
+def tiny_sdxl_file(tiny_model) -> tuple[Path, Path]:
     """The tiny random SDXL of tests/tiny_sdxl.py: (Diffusers folder, single file in the original layout)."""
-    pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
-    from dreamforge.runners.model_config import sdxl_config_dir
-    from tests.tiny_sdxl import save_tiny_sdxl
-
-    root = tmp_path_factory.mktemp("tiny-sdxl")
-    return save_tiny_sdxl(root, sdxl_config_dir(root / "config"))
+    return tiny_model
 
 
 @pytest.fixture

@@ -22,12 +22,12 @@ pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
 
 from PIL import Image  # noqa: E402
 
-from dreamforge.runners.model_config import sdxl_config_dir, use_open_clip_padding  # noqa: E402
+from dreamforge.runners.model_config import use_open_clip_padding  # noqa: E402
 from dreamforge.schemas import parse_request  # noqa: E402
 from dreamforge.service import JobService  # noqa: E402
 from dreamforge.settings import Settings  # noqa: E402
 from tests.conftest import WorkerProcess  # noqa: E402
-from tests.tiny_sdxl import build_tiny_sdxl, save_tiny_sdxl  # noqa: E402
+from tests.tiny_sdxl import build_tiny_sdxl  # noqa: E402
 
 sqlite_only = pytest.mark.parametrize("df_env", ["sqlite"], indirect=True)
 
@@ -45,16 +45,6 @@ OPEN_CLIP_IDS = {
         [49406, 585, 568, 847, 713, 649, 1342, 283, 2179, 320, 281, 23435, 285, 49407],
     "": [49406, 49407],
 }
-
-
-@pytest.fixture(scope="session")
-def config_dir(tmp_path_factory) -> Path:
-    return sdxl_config_dir(tmp_path_factory.mktemp("model-config"))
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, config_dir) -> tuple[Path, Path]:
-    return save_tiny_sdxl(tmp_path_factory.mktemp("tiny"), config_dir)
 
 
 def sdxl_env(model: Path, config: Path | None = None) -> dict[str, str]:
