@@ -154,6 +154,35 @@ def start_worker(df_env: dict[str, str], tmp_path: Path) -> Iterator:
         worker.kill()
 
 
+@pytest.fixture
+def serve(df_env: dict[str, str], tmp_path: Path) -> Iterator:
+    """Starts real `df serve` processes on the backends of ``df_env``; stops them afterwards."""
+    from tests.test_api import Server
+
+    servers: list[Server] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+        server = Server({**df_env, **(env or {})}, tmp_path / f"serve{len(servers)}.log", *args)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def api(df_env: dict[str, str]) -> Iterator:
+    """The app in-process, on the backends of ``df_env``; the lifespan runs."""
+    from starlette.testclient import TestClient
+
+    from dreamforge.server.app import create_app
+    from dreamforge.settings import Settings
+
+    with TestClient(create_app(Settings())) as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SDXL base's configs and tokenizers, as DreamForge ships them for single files."""

@@ -54,27 +54,6 @@ class Server:
 
 
 @pytest.fixture
-def serve(df_env, tmp_path) -> Iterator:
-    servers: list[Server] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Server:
-        server = Server({**df_env, **(env or {})}, tmp_path / f"serve{len(servers)}.log", *args)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def api(df_env) -> Iterator[TestClient]:
-    """The app in-process, on the backends of ``df_env``; the lifespan runs."""
-    with TestClient(create_app(Settings())) as client:
-        yield client
-
-
-@pytest.fixture
 def token_api(df_env, monkeypatch) -> Iterator[TestClient]:
     monkeypatch.setenv("DF_API_TOKEN", TOKEN)
     with TestClient(create_app(Settings())) as client:

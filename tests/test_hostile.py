@@ -13,8 +13,6 @@ from dreamforge.server.openapi import render_spec
 from tests.conftest import ROOT
 from tests.test_api import TOKEN, store_counts
 
-pytest_plugins = ["tests.test_api"]
-
 NESTED = "[" * 5000 + "]" * 5000
 
 
