@@ -163,6 +163,10 @@ def create_app(settings: Settings, *, service: JobService | None = None,
 
             worker = EmbeddedWorker(svc, make_runner(settings))
             worker.start()
+        # The embedded worker sends webhooks itself; a server without one sends them here.
+        deliverer = None if embedded_worker else svc.webhook_deliverer()
+        if deliverer is not None:
+            deliverer.start()
         feed = svc.event_feed()  # one per process: every stream waits on it
         await feed.start()
         try:
@@ -170,6 +174,8 @@ def create_app(settings: Settings, *, service: JobService | None = None,
                    "heartbeat_s": heartbeat_s}
         finally:
             await feed.stop()
+            if deliverer is not None:
+                await run_in_threadpool(deliverer.stop)
             if worker is not None:
                 await run_in_threadpool(worker.stop)
             if service is None:
