@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     # How often a deliverer looks for due deliveries, and how many it sends at once.
     webhook_poll_s: float = Field(default=1.0, gt=0)
     webhook_concurrency: int = Field(default=4, ge=1, le=64)
+    # POST /v1/images/generations answers when its job ends, or after this long with a 504.
+    openai_wait_s: float = Field(default=600.0, gt=0)
 
     @field_validator("webhook_urls", "webhook_events", mode="before")
     @classmethod

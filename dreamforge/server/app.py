@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from dreamforge.errors import InvalidRequest
 from dreamforge.schemas import JobView, parse_request
-from dreamforge.server import content, watch, web
+from dreamforge.server import content, openai_images, watch, web
 from dreamforge.server.body import read_json
 from dreamforge.server.errors import EXCEPTION_HANDLERS, envelope
 from dreamforge.server.metrics import make_registry, metrics_text
@@ -141,6 +141,7 @@ ROUTES = [
     Route("/v1/jobs/{job_id}/artifacts", content.artifacts, methods=["GET"]),
     Route("/v1/jobs/{job_id}/artifacts/{item:int}/content", content.content, methods=["GET"]),
     Route("/v1/events", watch.all_events, methods=["GET"]),
+    Route(openai_images.PATH, openai_images.generations, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
