@@ -55,8 +55,10 @@ class GenerateRequest(BaseModel):
     count: Literal[1] = Field(default=1, description="Images per job; v1 makes exactly one.")
     # -- webhooks (issue #16): checked again by the service (the address rule needs settings) ----
     webhook: str | None = Field(
-        default=None, max_length=2048, description="An http(s) URL that receives this job's events, "
-        "signed per Standard Webhooks. Refused on a private, loopback or link-local address.")
+        default=None, max_length=2048, json_schema_extra={"format": "uri", "pattern": "^https?://[^@/]+"},
+        description="An http(s) URL that receives this job's events, signed per Standard Webhooks. "
+        "Refused where the server has no DF_WEBHOOK_SECRET, and on a private, loopback or link-local "
+        "address (after resolving the name).")
     webhook_events: list[Literal["running", "progress", "succeeded", "failed", "canceled"]] | None = Field(
         default=None, min_length=1, max_length=5,
         description="Which events the webhook receives; unset: succeeded, failed and canceled.")

@@ -192,3 +192,84 @@ async def generations(request: Request) -> Response:
         return openai_error(503, exc.message, kind="server_error", code=exc.code)
     except DreamForgeError:
         return openai_error(500, "internal error", kind="server_error", code="internal_error")
+
+
+# -- the OpenAPI description (dreamforge/server/openapi.py merges it) ----------------------------
+
+def _openai_error(description: str, message: str, param: str | None = None, code: str | None = None,
+                  kind: str = "invalid_request_error") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/OpenAIErrorEnvelope"},
+        "example": {"error": {"message": message, "type": kind, "param": param, "code": code}}}}}
+
+
+SPEC_SCHEMAS: dict[str, Any] = {
+    "OpenAIImageRequest": {
+        "type": "object", "required": ["prompt"], "additionalProperties": False,
+        "description": "OpenAI's image request. quality, style, background, moderation, output_compression, "
+                       "partial_images, stream, input_fidelity and user are accepted and ignored; "
+                       "negative_prompt, steps, guidance and seed are DreamForge's own (GenerateRequest).",
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1, "maxLength": 2000},
+            "model": {"type": ["string", "null"], "description": "OpenAI's model names mean the server's "
+                                                                 "default model."},
+            "n": {"type": ["integer", "null"], "minimum": 1, "description": "Images: GenerateRequest.count."},
+            "size": {"type": ["string", "null"], "pattern": "^(auto|[0-9]{1,5}x[0-9]{1,5})$",
+                     "description": "WIDTHxHEIGHT, each 64-2048 and a multiple of 8; auto: the defaults."},
+            "response_format": {"type": ["string", "null"], "enum": ["url", "b64_json", None]},
+            "output_format": {"type": ["string", "null"], "enum": ["png", "jpeg", "webp", None]},
+            "user": {"type": ["string", "null"]},
+            **{name: {"description": "Accepted and ignored."} for name in sorted(IGNORED - {"user"})},
+            "negative_prompt": {"type": ["string", "null"], "maxLength": 2000},
+            "steps": {"type": "integer", "minimum": 1, "maximum": 150},
+            "guidance": {"type": "number", "minimum": 0, "maximum": 30},
+            "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": 4294967295},
+        }},
+    "OpenAIImagesResponse": {
+        "type": "object", "required": ["created", "data"],
+        "properties": {"created": {"type": "integer"}, "data": {"type": "array", "items": {
+            "type": "object", "properties": {"url": {"type": "string"}, "b64_json": {"type": "string"}}}}}},
+    "OpenAIErrorEnvelope": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["message", "type", "param", "code"],
+                                 "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                                                "param": {"type": ["string", "null"]},
+                                                "code": {"type": ["string", "null"]}}}}},
+}
+
+
+def spec_paths() -> dict[str, Any]:
+    return {PATH: {"post": {
+        "operationId": "createImage",
+        "summary": "OpenAI-compatible image generation: one job, answered when it ends",
+        "description": "Runs an ordinary job (listed, streamed, Idempotency-Key honoured as on POST /v1/jobs) "
+                       "and answers when it ends, or 504 after DF_OPENAI_WAIT_S (the job goes on). Errors use "
+                       "OpenAI's error shape. The url answer is the content endpoint (it wants the bearer "
+                       "token), or a presigned URL with S3.",
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}}],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/OpenAIImageRequest"},
+            "example": {"model": "gpt-image-1", "prompt": "an old-growth forest at dawn", "size": "1024x1024",
+                        "n": 1, "response_format": "b64_json"}}}},
+        "responses": {
+            "200": {"description": "The job succeeded", "headers": {
+                "X-DreamForge-Job-ID": {"schema": {"type": "string"}, "description": "The job made"}},
+                "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/OpenAIImagesResponse"},
+                    "example": {"created": 1767268800, "data": [{"b64_json": "iVBORw0KGgo…"}]}}}},
+            "400": _openai_error("A bad argument, or a body that is not JSON", "size must be WIDTHxHEIGHT, such "
+                                 "as 1024x1024, or auto", "size"),
+            "401": _openai_error("Missing or wrong bearer token (the API key)", "a valid bearer token (the API "
+                                 "key) is required", code="invalid_api_key"),
+            "409": _openai_error("Idempotency-Key reused with another body", "this Idempotency-Key was already "
+                                 "used with a different request body", code="idempotency_conflict"),
+            "413": _openai_error("Body over 64 KiB", "request body is over 65536 bytes"),
+            "415": _openai_error("Not application/json", "Content-Type must be application/json"),
+            "500": _openai_error("The job failed or was canceled", "job 8b0f… failed: runner_crashed: …",
+                                 code="runner_crashed", kind="server_error"),
+            "503": _openai_error("A backend is unreachable", "job store unreachable", code="service_unavailable",
+                                 kind="server_error"),
+            "504": _openai_error("The job did not end within DF_OPENAI_WAIT_S", "job 8b0f… did not end within "
+                                 "600 s; it goes on: GET /v1/jobs/8b0f…", code="timeout", kind="server_error"),
+        }}}}

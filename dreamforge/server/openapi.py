@@ -79,7 +79,9 @@ UNAVAILABLE = _error("The job store or the queue is unreachable", "service_unava
 def build_spec(token_required: bool = True) -> dict[str, Any]:
     """The v1 contract. ``token_required`` False describes a server without DF_API_TOKEN (the
     bearer token then becomes optional); the committed document is the deployed shape."""
+    from dreamforge.server import openai_images
     from dreamforge.server.watch_spec import watch_paths
+    from dreamforge.webhooks import spec as webhooks_spec
 
     _, defs = models_json_schema([(GenerateRequest, "validation"), (JobView, "serialization"),
                                   (ErrorEnvelope, "serialization"), (JobPageView, "serialization"),
@@ -129,6 +131,7 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                           "404": NOT_FOUND, "422": BAD_QUERY, "503": UNAVAILABLE},
         }},
         **{path: ops for path, ops in watch_paths().items() if path != "/v1/jobs"},
+        **openai_images.spec_paths(),
         "/healthz": {"get": {"operationId": "healthz", "summary": "The process is up",
                              "responses": {"200": {"description": "Up", "content": {"application/json": {
                                  "schema": {"type": "object", "properties": {"status": {"type": "string"}}},
@@ -158,8 +161,9 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                  "description": "Stable Diffusion XL image jobs. Every 4xx and 5xx uses the error envelope."},
         "servers": [{"url": "http://127.0.0.1:8001"}],
         "paths": paths,
+        "webhooks": webhooks_spec.webhooks_spec(),
         "security": [],
-        "components": {"schemas": defs["$defs"],
+        "components": {"schemas": {**defs["$defs"], **openai_images.SPEC_SCHEMAS, **webhooks_spec.SCHEMAS},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
 
