@@ -409,3 +409,19 @@ def test_the_secret_never_reaches_the_logs_or_env_inspect(svc, receiver, caplog,
         stored = conn.execute(sa.select(webhook_deliveries)).mappings().all()
     assert all(SECRET not in str(dict(r)) for r in stored)
     assert os.environ["DF_WEBHOOK_SECRET"] == SECRET
+
+
+def test_generate_wait_in_the_clis_own_process_announces_before_it_exits(hooks_env, receiver, monkeypatch):
+    """No worker alive: the job runs in the CLI's process, whose deliverer sends what is due as
+    the command ends (its next poll would be far too late)."""
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("DF_WEBHOOK_POLL_S", "60")
+
+    from dreamforge.cli.main import app
+
+    out = CliRunner().invoke(app, ["generate", "a quick fox", "--width", "64", "--height", "64", "--steps", "2",
+                                   "--wait", "--json", "--webhook", receiver.url()])
+    assert out.exit_code == 0, out.output
+    assert receiver.types() == ["job.succeeded"]
+    assert receiver.got[0]["payload"]["data"]["job"]["id"] == json.loads(out.stdout)["id"]
