@@ -124,8 +124,15 @@ def test_error_shapes_and_the_wait_bound(df_env, monkeypatch):
             r = post(api, body)
             assert r.status_code == 400, r.text
             assert r.json()["error"]["param"] == param and r.json()["error"]["code"] == code
-        bad = api.post("/v1/images/generations", content=b"{nope", headers={"content-type": "application/json"})
-        assert bad.status_code == 400 and set(bad.json()["error"]) == {"message", "type", "param", "code"}
+        for raw, kind, status in [(b"{nope", "application/json", 400),
+                                  (b"[" * 5000 + b"]" * 5000, "application/json", 400),
+                                  (b'{"prompt": "' + b"x" * 70_000 + b'"}', "application/json", 413),
+                                  (b"prompt=x", "application/x-www-form-urlencoded", 415),
+                                  (b'{"prompt": "x", "n": true}', "application/json", 400),
+                                  (b'{"prompt": "x", "response_format": 0}', "application/json", 400)]:
+            bad = api.post("/v1/images/generations", content=raw, headers={"content-type": kind})
+            assert bad.status_code == status, bad.text[:300]
+            assert set(bad.json()["error"]) == {"message", "type", "param", "code"} and len(bad.content) < 1000
         r = post(api, {"prompt": "never run", "size": "64x64", "style": "vivid", "background": "auto"})
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
         job_id = r.json()["error"]["message"].split()[1]

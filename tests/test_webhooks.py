@@ -425,3 +425,47 @@ def test_generate_wait_in_the_clis_own_process_announces_before_it_exits(hooks_e
     assert out.exit_code == 0, out.output
     assert receiver.types() == ["job.succeeded"]
     assert receiver.got[0]["payload"]["data"]["job"]["id"] == json.loads(out.stdout)["id"]
+
+
+# -- hostile input, pure functions ----------------------------------------------------------------
+
+@pytest.mark.parametrize("url, says", [
+    ("", "non-empty"), ("http://exa mple.com/", "spaces"), ("http://example.com/\x1b[31m", "control"),
+    ("https://example.com/" + "a" * 3000, "2048"), ("javascript:alert(1)", "http"), ("http:///path", "no host"),
+    ("http://[::1", "parsed"), ("http://example.com:0/", "port is 0"), ("http://example.com:99999/", "parsed"),
+    ("https://:pw@example.com/", "password"), ("file:///etc/passwd", "http")])
+def test_hostile_webhook_urls_are_refused_with_a_reason(url, says):
+    from dreamforge.webhooks.targets import check_url
+
+    with pytest.raises(TargetRefused, match=says):
+        check_url(url)
+
+
+def test_numeric_and_short_forms_of_loopback_are_resolved_and_refused():
+    for url in ("http://2130706433/", "http://127.1/", "http://0x7f.0.0.1/", "http://[0:0:0:0:0:ffff:7f00:1]/"):
+        with pytest.raises(TargetRefused):
+            check_target(url, allow_private=False)
+
+
+def test_outcomes_and_waits():
+    import random
+
+    from dreamforge.webhooks.deliverer import classify, next_wait
+
+    assert [classify(c).status for c in (200, 204, 299, 408, 429, 500, 503, 599, 301, 400, 401, 404, 410, 422)] == \
+        ["delivered"] * 3 + ["retry"] * 5 + ["dead"] * 6
+    rng = random.Random(1)
+    waits = [next_wait([10.0, 100.0], n, rng) for n in (1, 2, 3)]
+    assert 8 <= waits[0] <= 12 and 80 <= waits[1] <= 120 and waits[2] is None
+
+
+@pytest.mark.parametrize("df_env", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("value, ok", [("5s,5m,2h,1d", [5, 300, 7200, 86400]), ("[1, 2.5]", [1, 2.5]),
+                                       ("0.5", [0.5]), ("", None), ("5x", None), ("8d", None), ("-1s", None)])
+def test_retry_schedule_setting(df_env, monkeypatch, value, ok):
+    monkeypatch.setenv("DF_WEBHOOK_RETRY_SCHEDULE", value)
+    if ok is None:
+        with pytest.raises(ValueError):
+            Settings()
+    else:
+        assert Settings().webhook_retry_schedule == ok

@@ -78,7 +78,7 @@ def _to_job_request(data: Any) -> tuple[GenerateRequest, str]:
                               param=cut(str(name), 100), code="unknown_parameter")
     if "prompt" not in data:
         raise OpenAIError(400, "prompt is required", param="prompt", code="missing_required_parameter")
-    response_format = data.get("response_format") or "url"
+    response_format = "url" if data.get("response_format") is None else data["response_format"]
     if response_format not in ("url", "b64_json"):
         raise OpenAIError(400, "response_format must be url or b64_json", param="response_format")
     fields: dict[str, Any] = {"prompt": data["prompt"], **{k: data[k] for k in OWN if k in data}}

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dreamforge import __version__
-from dreamforge.errors import DreamForgeError
+from dreamforge.errors import DreamForgeError, JobNotFound
 from dreamforge.webhooks.targets import TargetRefused, Unresolvable, check_addresses, check_url, default_port, resolve
 
 if TYPE_CHECKING:
@@ -135,8 +135,15 @@ class Deliverer:
     async def _attempt(self, client: httpx.AsyncClient, row: dict[str, Any]) -> None:
         try:
             body = await asyncio.to_thread(self.service.delivery_body, row)
-        except DreamForgeError as exc:
+        except JobNotFound as exc:  # the job or its event is gone (pruned): nothing to announce
             outcome = Outcome("dead", None, f"nothing to send: {exc.message}")
+        except DreamForgeError as exc:  # the store is away: the claim lapses and it is tried again
+            log.warning("[job=%s] webhook %s: body not made (%s); tried again after its lease",
+                        row["job_id"], row["id"], exc.message)
+            return
+        except Exception as exc:  # a bug: say so once, never retry it forever
+            log.exception("[job=%s] webhook %s: body not made", row["job_id"], row["id"])
+            outcome = Outcome("dead", None, f"the body could not be made: {type(exc).__name__}")
         else:
             outcome = await self._send(client, row, body)
         retry_in = next_wait(self.schedule, row["attempts"], self._rng) if outcome.status == "retry" else None
