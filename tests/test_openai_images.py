@@ -21,6 +21,8 @@ from dreamforge.server.app import create_app
 from dreamforge.settings import Settings
 from tests.test_api import Server
 
+# One `df serve` for the module: its tests stay on one xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("openai-images")
 TOKEN = "openai-compatible-token"
 BATCHES = get_args(GenerateRequest.model_fields["count"].annotation) != (1,)
 

@@ -54,15 +54,16 @@ def parse_schedule(value: Any) -> Any:
 def check_settings(settings: Settings) -> None:
     """Webhooks are signed or not sent: a secret that can't sign, or endpoints without a
     secret, stop the process at start-up (the error names the setting, never the value)."""
-    from dreamforge.webhooks.targets import check_url
-
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     if secret is not None:
         check_secret(secret)
-    if settings.webhook_urls and secret is None:
-        raise ValueError("DF_WEBHOOK_URLS needs DF_WEBHOOK_SECRET (whsec_ and base64) to sign with")
-    for url in settings.webhook_urls:
-        check_url(url)
+    if settings.webhook_urls:
+        from dreamforge.webhooks.targets import check_url  # only then: every command reads settings
+
+        if secret is None:
+            raise ValueError("DF_WEBHOOK_URLS needs DF_WEBHOOK_SECRET (whsec_ and base64) to sign with")
+        for url in settings.webhook_urls:
+            check_url(url)
     unknown = [e for e in settings.webhook_events if e not in EVENTS]
     if unknown:
         raise ValueError(f"DF_WEBHOOK_EVENTS: unknown event {unknown[0][:40]!r} (use {', '.join(EVENTS)})")
