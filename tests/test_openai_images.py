@@ -21,13 +21,14 @@ from dreamforge.server.app import create_app
 from dreamforge.settings import Settings
 from tests.test_api import Server
 
-# One `df serve` for the module: its tests stay on one xdist worker (--dist loadgroup).
+# One `df serve` for these tests: they stay on one xdist worker (--dist loadgroup), and the server
+# lives for the session (a module-scoped one restarts whenever xdist interleaves another module).
 pytestmark = pytest.mark.xdist_group("openai-images")
 TOKEN = "openai-compatible-token"
 BATCHES = get_args(GenerateRequest.model_fields["count"].annotation) != (1,)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("openai")
     env = {name: "" for name in os.environ if name.startswith("DF_")}
@@ -38,7 +39,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     started.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0, timeout=60)
 
