@@ -93,7 +93,8 @@ class Deliverer:
         """Stop claiming; attempts in flight end within their timeout. With ``flush_on_stop``
         (the CLI's in-process run, which exits next), one last round sends what is due."""
         self._halt.set()
-        self._thread.join(timeout=self.timeout * 2 + 5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=self.timeout * 2 + 5)
 
     def _run(self) -> None:
         asyncio.run(self._main())
