@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -31,8 +31,11 @@ from dreamforge import migrate
 from dreamforge.errors import BackendUnavailable, ConfigError, IdempotencyConflict, JobNotFound
 from dreamforge.moves import RUNNING, Fence, Move
 from dreamforge.status import JobStatus, is_job_id
-from dreamforge.tables import artifacts, events, jobs, leases, steps, uploads, utcnow, workers
+from dreamforge.tables import artifacts, events, jobs, leases, steps, uploads, utcnow, webhook_deliveries, workers
 from dreamforge.text import cut
+
+if TYPE_CHECKING:
+    from dreamforge.webhooks.outbox import Outbox
 
 STEP_NAME = "generate"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -119,6 +122,8 @@ class JobStore:
         # SQLite takes one writer at a time. Threads of one process queue on this lock instead of
         # on SQLite's busy handler, whose sleeps grow to 100 ms and wreck tail latency.
         self._write_lock: Any = threading.Lock() if not self._postgres else contextlib.nullcontext()
+        # Webhook deliveries, written with the events they announce (the job service sets it).
+        self.outbox: Outbox | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
     def schema_revision(self) -> str | None:
@@ -186,9 +191,16 @@ class JobStore:
     def _later(self, seconds: float) -> Any:
         return self._ago(-seconds)
 
-    def _event(self, conn: Connection, job_id: str, kind: str, payload: dict[str, Any]) -> None:
-        conn.execute(events.insert().values(job_id=job_id, at=self._now(), kind=kind,
-                                            payload=payload))
+    def _event(self, conn: Connection, job_id: str, kind: str, payload: dict[str, Any],
+               params: dict[str, Any] | None = None) -> None:
+        """Insert an event; with the job's ``params``, also the webhook deliveries announcing it,
+        in the same transaction (see webhooks/outbox.py)."""
+        insert = events.insert().values(job_id=job_id, at=self._now(), kind=kind, payload=payload)
+        if self.outbox is None or params is None:
+            conn.execute(insert)
+            return
+        event_id = conn.execute(insert.returning(events.c.id)).scalar_one()
+        self.outbox.record(conn, self._now(), job_id, event_id, kind, payload, params)
 
     def _fenced(self, fence: Fence) -> Any:
         return sa.and_(jobs.c.id == fence.job_id, jobs.c.status == RUNNING.value,
@@ -320,7 +332,7 @@ class JobStore:
                 self._event(conn, move.job_id, "error", {"code": move.failure.code,
                                                          "message": move.failure.message})
                 payload["code"] = move.failure.code
-            self._event(conn, move.job_id, "status", {**payload, **move.note})
+            self._event(conn, move.job_id, "status", {**payload, **move.note}, row["params"])
         return dict(row)
 
     # -- fenced writes of the holder ------------------------------------------------------------
@@ -350,12 +362,13 @@ class JobStore:
                 # A progress row is worth no fsync: losing the last few on a crash is harmless,
                 # and a 30-step job would otherwise wait on 30 WAL flushes.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            if not conn.execute(jobs.update().where(self._fenced(fence))
-                                .values(heartbeat_at=self._now())).rowcount:
+            held = conn.execute(jobs.update().where(self._fenced(fence)).values(heartbeat_at=self._now())
+                                .returning(jobs.c.params)).first()
+            if held is None:
                 return False
             conn.execute(steps.update().where(steps.c.job_id == fence.job_id)
                          .values(progress_current=current, progress_total=total))
-            self._event(conn, fence.job_id, "progress", {"current": current, "total": total})
+            self._event(conn, fence.job_id, "progress", {"current": current, "total": total}, held.params)
         return True
 
     def begin_upload(self, fence: Fence, key: str) -> bool | None:
@@ -555,7 +568,7 @@ class JobStore:
             gone = list(conn.execute(sa.select(jobs.c.id).where(
                 jobs.c.id.in_(job_ids), jobs.c.status.in_(statuses)).with_for_update()).scalars())
             if gone:
-                for table in (events, artifacts, uploads, steps):
+                for table in (webhook_deliveries, events, artifacts, uploads, steps):
                     conn.execute(table.delete().where(table.c.job_id.in_(gone)))
                 conn.execute(jobs.delete().where(jobs.c.id.in_(gone)))
         return len(gone)

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from dreamforge.errors import InvalidRequest
 from dreamforge.status import JobStatus
@@ -53,6 +53,31 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     format: Literal["png", "jpeg", "webp"] = "png"
     count: Literal[1] = Field(default=1, description="Images per job; v1 makes exactly one.")
+    # -- webhooks (issue #16): checked again by the service (the address rule needs settings) ----
+    webhook: str | None = Field(
+        default=None, max_length=2048, json_schema_extra={"format": "uri", "pattern": "^https?://[^@/]+"},
+        description="An http(s) URL that receives this job's events, signed per Standard Webhooks. "
+        "Refused where the server has no DF_WEBHOOK_SECRET, and on a private, loopback or link-local "
+        "address (after resolving the name).")
+    webhook_events: list[Literal["running", "progress", "succeeded", "failed", "canceled"]] | None = Field(
+        default=None, min_length=1, max_length=5,
+        description="Which events the webhook receives; unset: succeeded, failed and canceled.")
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        from dreamforge.webhooks.targets import check_url
+
+        if value is not None:
+            check_url(value)  # TargetRefused is a ValueError: its message becomes the field's
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _events_need_a_webhook(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is not None and info.data.get("webhook") is None:
+            raise ValueError("webhook_events needs webhook")
+        return list(dict.fromkeys(value)) if value is not None else None
 
     @field_validator("prompt")
     @classmethod

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from dreamforge.queue import JobQueue
     from dreamforge.registry import ModelRegistry
     from dreamforge.registry.jobs import DownloadRequest
+    from dreamforge.webhooks.deliverer import Deliverer
+    from dreamforge.webhooks.store import DeliveryStore
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,12 @@ class Claim:
     queued_s: float | None = None
 
 
+def _webhook_outbox(settings: Settings) -> Any:
+    from dreamforge.webhooks.outbox import Outbox
+
+    return Outbox.from_settings(settings)
+
+
 def _schema_store(settings: Settings) -> JobStore:
     from dreamforge.job_store import JobStore
 
@@ -139,6 +147,7 @@ class JobService:
                  artifact_store: ArtifactStore | None = None):
         self.settings = settings
         self.job_store = job_store
+        job_store.outbox = _webhook_outbox(settings)
         if queue is not None:
             self.__dict__["queue"] = queue
         if artifact_store is not None:
@@ -187,6 +196,7 @@ class JobService:
 
         An idempotency key names one job within its scope (the API token, or the client without
         one) for DF_IDEMPOTENCY_TTL; the same key in another scope is another key."""
+        self._check_webhook(request)
         params = request.model_dump(mode="json")
         key_hash = _sha256(f"{_sha256(idempotency_scope)}:{idempotency_key}") if idempotency_key else None
         request_hash = _sha256(json.dumps(params, sort_keys=True)) if idempotency_key else None
@@ -579,3 +589,66 @@ class JobService:
                 removed.append(upload["s3_key"])
             self.job_store.forget_upload(upload["id"])
         return removed
+
+    # -- webhooks (dreamforge/webhooks) ------------------------------------------------------------
+    def _check_webhook(self, request: GenerateRequest) -> None:
+        """A job's webhook must be one this server can sign and may send to (checked again at
+        each delivery, after resolving the name again)."""
+        url = getattr(request, "webhook", None)
+        if url is None:
+            return
+        from dreamforge.webhooks.targets import TargetRefused, check_target
+
+        if self.settings.webhook_secret is None:
+            raise InvalidRequest("this server sends no webhooks: DF_WEBHOOK_SECRET is not set",
+                                 details=[{"field": "webhook", "message": "webhooks are off on this server"}])
+        try:
+            check_target(url, self.settings.webhook_allow_private)
+        except TargetRefused as exc:
+            raise InvalidRequest(str(exc), details=[{"field": "webhook", "message": str(exc)}]) from None
+
+    @cached_property
+    def deliveries(self) -> DeliveryStore:
+        from dreamforge.webhooks.store import DeliveryStore
+
+        return DeliveryStore(self.job_store)
+
+    def webhook_deliveries(self, job_id: str | None = None, status: str | None = None,
+                           limit: int = 50) -> list[dict[str, Any]]:
+        """Deliveries, newest first (without their bodies)."""
+        if job_id is not None:
+            self.job_store.job(job_id)  # raises JobNotFound
+        return self.deliveries.list(job_id, status, limit)
+
+    def redeliver(self, delivery_id: str) -> dict[str, Any]:
+        """Send a delivery again now, whatever became of it, with a fresh retry schedule."""
+        return self.deliveries.redeliver(delivery_id)
+
+    def webhook_deliverer(self, *, flush_on_stop: bool = False) -> Deliverer | None:
+        """The thread that sends this fleet's deliveries; None where no secret is set (then no
+        delivery can be signed, and submit refuses webhooks)."""
+        if self.settings.webhook_secret is None:
+            return None
+        from dreamforge.webhooks.deliverer import Deliverer
+
+        return Deliverer(self, flush_on_stop=flush_on_stop)
+
+    def claim_deliveries(self, limit: int, lease_s: float) -> list[dict[str, Any]]:
+        return self.deliveries.claim(limit, lease_s)
+
+    def delivery_body(self, delivery: dict[str, Any]) -> str:
+        """The body a delivery sends: made at its first attempt from its event and the job's
+        public view then, and kept, so every retry signs and sends the same bytes."""
+        if delivery["body"] is not None:
+            return str(delivery["body"])
+        from dreamforge.server.app import public_view
+        from dreamforge.webhooks.deliverer import build_body
+
+        event = self.deliveries.event(delivery["event_id"])
+        if event is None:
+            raise JobNotFound(f"event {delivery['event_id']} is gone")
+        body = build_body(delivery["event_type"], event, public_view(self.get(delivery["job_id"])))
+        return self.deliveries.fix_body(delivery["id"], body)
+
+    def finish_delivery(self, delivery_id: str, claim_token: str, status: str, **outcome: Any) -> bool:
+        return self.deliveries.finish(delivery_id, claim_token, status, **outcome)

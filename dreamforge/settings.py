@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = "~/.cache/dream-forge/civitai/epicrealismXL_working.safetensors"
-SECRET_NAMES = ("DF_API_TOKEN", "DF_S3_SECRET_ACCESS_KEY", "DF_S3_ACCESS_KEY_ID", "DF_MODELS_DOWNLOAD_TOKEN")
+SECRET_NAMES = ("DF_API_TOKEN", "DF_S3_SECRET_ACCESS_KEY", "DF_S3_ACCESS_KEY_ID", "DF_MODELS_DOWNLOAD_TOKEN",
+                "DF_WEBHOOK_SECRET")
 
 
 def default_data_dir() -> Path:
@@ -106,6 +107,50 @@ class Settings(BaseSettings):
     # Jobs that ended longer ago than this many days are pruned, with their images, by the
     # workers (one of them an hour); 0 keeps everything (`df jobs prune` still works).
     retention_days: float = Field(default=0, ge=0)
+
+    # -- webhooks (dreamforge/webhooks) ---------------------------------------------------------
+    # Signs every delivery (Standard Webhooks: whsec_ and base64). Unset: no webhooks at all; a
+    # job that asks for one is refused, and DF_WEBHOOK_URLS is a configuration error.
+    webhook_secret: SecretStr | None = None
+    # Endpoints that receive every job's events (comma-separated, or a JSON list), those named
+    # in webhook_events (comma-separated too).
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_events: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["running", "succeeded", "failed", "canceled"])
+    # Targets on loopback, private, link-local and other non-public addresses are refused unless 1.
+    webhook_allow_private: bool = False
+    # The waits between attempts, as durations (5s, 5m, 2h) or seconds; jittered by ±20 %. After
+    # the last one the delivery is failed. The default spans about a day (Standard Webhooks').
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0])
+    # Bounds one attempt, connecting and answering together.
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # How often a deliverer looks for due deliveries, and how many it sends at once.
+    webhook_poll_s: float = Field(default=1.0, gt=0)
+    webhook_concurrency: int = Field(default=4, ge=1, le=64)
+    # POST /v1/images/generations answers when its job ends, or after this long with a 504.
+    openai_wait_s: float = Field(default=600.0, gt=0)
+
+    @field_validator("webhook_urls", "webhook_events", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        from dreamforge.webhooks.config import split_list
+
+        return split_list(value)
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: object) -> object:
+        from dreamforge.webhooks.config import parse_schedule
+
+        return parse_schedule(value)
+
+    @model_validator(mode="after")
+    def _webhooks(self) -> Settings:
+        from dreamforge.webhooks.config import check_settings
+
+        check_settings(self)
+        return self
 
     @model_validator(mode="after")
     def _fill_urls(self) -> Settings:

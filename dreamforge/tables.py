@@ -157,3 +157,28 @@ models = sa.Table(
     _ts("last_used_at"),
     _ts("verified_at"),
 )
+
+# The webhook outbox: one row per (event, endpoint), written in the transaction of the event it
+# announces (dreamforge/webhooks). ``id`` is the webhook-id every attempt carries; ``body`` is
+# fixed at the first attempt so every retry signs the same bytes. A deliverer claims a due row by
+# moving ``next_attempt_at`` past its attempt (a lease) and writing ``claim_token``; only the
+# claim's holder records the outcome.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries", metadata,
+    _text("id", 40, primary_key=True),
+    _job_ref(),
+    sa.Column("event_id", sa.BigInteger, nullable=False),
+    _text("event_type", 32),
+    _text("url", 2048),
+    sa.Column("body", sa.Text, nullable=True),
+    _text("status", 16),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    _ts("next_attempt_at", nullable=False),
+    _text("claim_token", 32, nullable=True),
+    sa.Column("last_status_code", sa.Integer, nullable=True),
+    _text("last_error", 500, nullable=True),
+    _ts("created_at", nullable=False, index=True),
+    _ts("last_attempt_at"),
+    _ts("delivered_at"),
+    sa.Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+)

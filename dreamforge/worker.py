@@ -115,12 +115,17 @@ class WorkerRuntime:
         self._heartbeat = _Every("df-heartbeat", settings.heartbeat_interval_s, self.beat)
         self._reaper = _Every("df-reaper", settings.heartbeat_interval_s, self.reap)
         self._next_sweep = 0.0
+        # Webhook deliveries go out from a thread of their own (none without DF_WEBHOOK_SECRET).
+        # The CLI's in-process run sends what is due once more as it stops: it exits next.
+        self._deliverer = service.webhook_deliverer(flush_on_stop=not register)
 
     def start(self) -> None:
         self.service.queue.serve(self.executor.execute)
         self.beat()
         self._heartbeat.start()
         self._reaper.start()
+        if self._deliverer is not None:
+            self._deliverer.start()
 
     def beat(self) -> None:
         self.service.worker_heartbeat(self.worker_id, socket.gethostname(), os.getpid(),
@@ -143,6 +148,8 @@ class WorkerRuntime:
     def stop(self) -> None:
         self._heartbeat.stop()
         self._reaper.stop()
+        if self._deliverer is not None:
+            self._deliverer.stop()
         self.service.queue.serve(None)
         if self.register:
             try:

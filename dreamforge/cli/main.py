@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dreamforge.cli import artifacts, common, db, host, jobs, models, render
+from dreamforge.cli import artifacts, common, db, host, jobs, models, render, webhooks
 from dreamforge.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -46,6 +46,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(host.env_app, name="env")
 app.add_typer(host.gpu_app, name="gpu")
+app.add_typer(webhooks.app, name="webhooks")
 
 
 @app.callback()
@@ -145,6 +146,11 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the job view as JSON.")] = False,
     cancel_on_interrupt: Annotated[bool, typer.Option(
         "--cancel-on-interrupt", help="With --wait: Ctrl-C cancels the job (else it goes on).")] = False,
+    webhook: Annotated[str | None, typer.Option(
+        help="An http(s) URL that receives the job's events, signed (DF_WEBHOOK_SECRET).")] = None,
+    webhook_event: Annotated[list[str] | None, typer.Option(
+        "--webhook-event", help="running, progress, succeeded, failed or canceled; repeat for several "
+                                "(default: the last three).")] = None,
 ) -> None:
     """Submit one image job. With --wait, follow it; with no live worker, run it here.
     Ctrl-C stops watching (exit 130) and leaves the job to the workers, or cancels it with
@@ -153,7 +159,9 @@ def generate(
 
     request = parse_request({"prompt": prompt, "negative_prompt": negative_prompt, "width": width,
                              "height": height, "steps": steps, "guidance": guidance, "seed": seed,
-                             "format": fmt})
+                             "format": fmt,
+                             **({"webhook": webhook} if webhook is not None else {}),
+                             **({"webhook_events": webhook_event} if webhook_event else {})})
     if output is not None and output.is_dir():
         fail(f"-o wants a file name, and {output} is a folder", EXIT_USAGE)
     settings = load_settings()

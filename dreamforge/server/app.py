@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from dreamforge.errors import InvalidRequest
 from dreamforge.schemas import JobView, parse_request
-from dreamforge.server import content, models_api, watch, web
+from dreamforge.server import content, models_api, openai_images, watch, web
 from dreamforge.server.body import read_json
 from dreamforge.server.errors import EXCEPTION_HANDLERS, envelope
 from dreamforge.server.metrics import make_registry, metrics_text
@@ -158,6 +158,7 @@ ROUTES = [
     Route("/v1/models", models_api.models, methods=["GET", "POST"]),
     Route("/v1/models/{name}", models_api.get_model, methods=["GET"]),
     Route("/v1/status", status, methods=["GET"]),
+    Route(openai_images.PATH, openai_images.generations, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
@@ -180,6 +181,10 @@ def create_app(settings: Settings, *, service: JobService | None = None,
 
             worker = EmbeddedWorker(svc, make_runner(settings))
             worker.start()
+        # The embedded worker sends webhooks itself; a server without one sends them here.
+        deliverer = None if embedded_worker else svc.webhook_deliverer()
+        if deliverer is not None:
+            deliverer.start()
         feed = svc.event_feed()  # one per process: every stream waits on it
         await feed.start()
         try:
@@ -187,6 +192,8 @@ def create_app(settings: Settings, *, service: JobService | None = None,
                    "heartbeat_s": heartbeat_s}
         finally:
             await feed.stop()
+            if deliverer is not None:
+                await run_in_threadpool(deliverer.stop)
             if worker is not None:
                 await run_in_threadpool(worker.stop)
             if service is None:

@@ -57,6 +57,12 @@ class RequestContext:
                                              correlation_id=request_id,
                                              headers={"WWW-Authenticate": "Bearer",
                                                       "X-Request-ID": request_id})
+                if scope["path"].startswith("/v1/images/"):  # OpenAI's route speaks OpenAI's errors
+                    from dreamforge.server.openai_images import openai_error
+
+                    response = openai_error(401, "a valid bearer token (the API key) is required",
+                                            code="invalid_api_key",
+                                            headers={"WWW-Authenticate": "Bearer", "X-Request-ID": request_id})
                 await response(scope, receive, send)
                 return
 

@@ -95,8 +95,10 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
     bearer token then becomes optional); the committed document is the deployed shape."""
     from dreamforge.registry.jobs import DownloadRequest
     from dreamforge.registry.views import ModelList, ModelObject
+    from dreamforge.server import openai_images
     from dreamforge.server.models_spec import models_paths
     from dreamforge.server.watch_spec import watch_paths
+    from dreamforge.webhooks import spec as webhooks_spec
 
     _, defs = models_json_schema([(GenerateRequest, "validation"), (JobView, "serialization"),
                                   (ErrorEnvelope, "serialization"), (JobPageView, "serialization"),
@@ -156,6 +158,7 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
             "responses": {"200": {"description": "The system's state", "content": {"application/json": {
                 "schema": STATUS_SCHEMA, "example": STATUS_EXAMPLE}}},
                           "401": UNAUTHORIZED, "422": BAD_QUERY, "503": UNAVAILABLE}}},
+        **openai_images.spec_paths(),
         "/healthz": {"get": {"operationId": "healthz", "summary": "The process is up",
                              "responses": {"200": {"description": "Up", "content": {"application/json": {
                                  "schema": {"type": "object", "properties": {"status": {"type": "string"}}},
@@ -185,8 +188,9 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                  "description": "Stable Diffusion XL image jobs. Every 4xx and 5xx uses the error envelope."},
         "servers": [{"url": "http://127.0.0.1:8001"}],
         "paths": paths,
+        "webhooks": webhooks_spec.webhooks_spec(),
         "security": [],
-        "components": {"schemas": defs["$defs"],
+        "components": {"schemas": {**defs["$defs"], **openai_images.SPEC_SCHEMAS, **webhooks_spec.SCHEMAS},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
 
