@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dreamforge.errors import InvalidRequest
-from dreamforge.schemas import JobView, parse_request
+from dreamforge.schemas import JobView, parse_request, parse_rerun
 from dreamforge.server import content, watch, web
 from dreamforge.server.body import read_json
 from dreamforge.server.errors import EXCEPTION_HANDLERS, envelope
@@ -59,12 +59,17 @@ def idempotency_scope(request: Request) -> str:
     return "client:" + (request.client.host if request.client else "")
 
 
-async def create_job(request: Request) -> Response:
-    data = await read_json(request)
+def _idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is not None and not VISIBLE.match(key):
         raise InvalidRequest("Idempotency-Key must be 1-255 visible ASCII characters",
                              details=[{"field": "Idempotency-Key", "message": "1-255 visible characters"}])
+    return key
+
+
+async def create_job(request: Request) -> Response:
+    data = await read_json(request)
+    key = _idempotency_key(request)
     job_request = parse_request(data)  # strict: the model refuses `true` or "64" for an integer
     submitted = await run_in_threadpool(_service(request).submit, job_request,
                                         correlation_id=request.state.request_id, idempotency_key=key,
@@ -99,6 +104,22 @@ def retry_job(request: Request) -> Response:
     parse_query(NoQuery, request)
     view = _service(request).retry(request.path_params["job_id"], correlation_id=request.state.request_id)
     return _view_response(view, 202, {"Location": f"/v1/jobs/{view.id}"})
+
+
+async def rerun_job(request: Request) -> Response:
+    """Any job's recorded parameters as a new job (202, Location of the new job). The body is
+    optional: {"new_seed": true} draws a new seed. Idempotency-Key as for POST /v1/jobs."""
+    parse_query(NoQuery, request)
+    key = _idempotency_key(request)
+    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    options = parse_rerun(await read_json(request) if has_body else None)
+    submitted = await run_in_threadpool(_service(request).rerun, request.path_params["job_id"],
+                                        new_seed=options.new_seed, correlation_id=request.state.request_id,
+                                        idempotency_key=key, idempotency_scope=idempotency_scope(request))
+    headers = {"Location": f"/v1/jobs/{submitted.view.id}"}
+    if not submitted.created:
+        headers["Idempotent-Replayed"] = "true"
+    return _view_response(submitted.view, 202, headers)
 
 
 def healthz(request: Request) -> Response:
@@ -136,6 +157,7 @@ ROUTES = [
     Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
     Route("/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/rerun", rerun_job, methods=["POST"]),
     Route("/v1/jobs/{job_id}/events", watch.job_events, methods=["GET"]),
     Route("/v1/jobs/{job_id}/logs", watch.job_logs, methods=["GET"]),
     Route("/v1/jobs/{job_id}/artifacts", content.artifacts, methods=["GET"]),
