@@ -290,19 +290,27 @@ class Executor:
         first = unstored[0][1]
         all_kept = all(kept for _, _, kept in unstored)
         full = any((exc.details or {}).get("out_of_space") for _, exc, _ in unstored)
-        if all_kept:
-            message = f"{first.message}; the image is kept on the worker and `df artifacts retry` there uploads it"
-        else:
-            reason = "the artifact store and the worker's spool are out of disk space" if full \
-                else "the artifact store failed, and so did keeping the image on the worker"
-            message = f"{reason}; the image was not kept. Its seed is recorded: run the job again for the same image"
+        lost_reason = "the artifact store and the worker's spool are out of disk space" if full \
+            else "the artifact store failed, and so did keeping the image on the worker"
         details = {**(first.details or {}), "kept": all_kept}
-        if stored or len(unstored) > 1:
+        if not stored and len(unstored) == 1:  # one image: as before batches
+            message = f"{first.message}; the image is kept on the worker and `df artifacts retry` there " \
+                      "uploads it" if all_kept else \
+                f"{lost_reason}; the image was not kept. Its seed is recorded: run the job again for the same image"
+        else:
             missing = [a["item_index"] for a, _, _ in unstored]
-            details.update(stored=[a["item_index"] for a in stored], not_stored=missing,
-                           not_kept=[a["item_index"] for a, _, kept in unstored if not kept])
-            message = f"items {', '.join(map(str, missing))} of {len(stored) + len(unstored)} were not stored: " \
-                      f"{message.replace('the image', 'each such image')}"
+            lost = [a["item_index"] for a, _, kept in unstored if not kept]
+            kept = [i for i in missing if i not in lost]
+            details.update(stored=[a["item_index"] for a in stored], not_stored=missing, not_kept=lost)
+            items = ", ".join(map(str, missing))
+            message = (f"item {items} of {len(stored) + len(unstored)} was not stored" if len(missing) == 1 else
+                       f"items {items} of {len(stored) + len(unstored)} were not stored") + f": {first.message}"
+            if kept:
+                message += f"; kept on the worker: item {', '.join(map(str, kept))} (`df artifacts retry` there " \
+                           "uploads it, and the job succeeds once every item is stored)"
+            if lost:
+                message += f"; lost: item {', '.join(map(str, lost))} ({lost_reason}); its seed is recorded: " \
+                           "`df jobs rerun` makes the same images again"
         failure = JobFailure("storage_error", message, details)
         status = self._patiently(f"[job={fence.job_id}] recording failure",
                                  lambda: self.service.fail_storing(

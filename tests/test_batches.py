@@ -150,7 +150,7 @@ def test_a_batch_whose_third_item_fails_to_store_keeps_the_rest_and_recovers(df_
     flaky = JobService(svc.settings, svc.job_store, svc.queue, FailingPuts(svc.artifact_store, {3}))
     assert Executor(flaky, FakeRunner(), "worker:test:1:a").execute(job) == "failed"
     view = svc.get(job)
-    assert view.error.code == "storage_error" and "items 2 of 4 were not stored" in view.error.message
+    assert view.error.code == "storage_error" and "item 2 of 4 was not stored" in view.error.message
     assert view.error.details["not_stored"] == [2] and view.error.details["stored"] == [0, 1, 3]
     assert view.error.details["kept"] is True
     assert [a.item_index for a in view.artifacts] == [0, 1, 3] and view.summary.completed == 3
