@@ -209,3 +209,17 @@ def test_a_diffusers_folder_has_no_file_hash(df_env, tiny_files, tmp_path):
     svc = JobService.from_settings(Settings())
     record = svc.get(job(svc, model, steps=1)).record
     assert record["model"] == {"name": "tiny-sdxl", "sha256": None, "kind": "diffusers_folder"}
+
+
+def test_the_batch_throughput_benchmark_runs_on_the_cpu(df_env, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "batch_throughput.py"
+    spec = importlib.util.spec_from_file_location("batch_throughput", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--repeats", "1", "--steps", "1", "--threads", "1"])
+    assert [(r["count"], r["batches"]) for r in rows] == [(1, [1]), (4, [4]), (4, [1, 1, 1, 1])]
+    assert all(r["images_per_s"] > 0 for r in rows)
+    assert "batched count 4 against count 1" in capsys.readouterr().out

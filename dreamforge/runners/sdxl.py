@@ -136,10 +136,7 @@ class SDXL:
         if self.settings.vae_path:
             self._load_fixed_vae(pipe)
         pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(self.device)
-        # Each job builds its scheduler afresh from the checkpoint's own config (schedulers.build),
-        # so switching schedulers never reloads the model and no job's choice leaks into the next.
-        self.base_scheduler = {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}
+        self.use(pipe.to(self.device))
         if self.path.is_file():
             self.model_sha256 = file_sha256(self.path, self.settings.data_dir / "model-hashes.json")
         if self.settings.compile:
@@ -149,6 +146,14 @@ class SDXL:
                 raise RunnerError(f"DF_COMPILE=1: compiling the UNet failed: {type(exc).__name__}: "
                                   f"{str(exc)[:500]}; unset DF_COMPILE to run eagerly",
                                   code="compile_failed") from None
+
+    def use(self, pipe: Any) -> None:
+        """Generate with this pipeline (loaded here, or built in code by a benchmark)."""
+        self.pipe = pipe
+        # Each job builds its scheduler afresh from the checkpoint's own config (schedulers.build),
+        # so switching schedulers never reloads the model and no job's choice leaks into the next.
+        self.base_scheduler = {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}
+        self._fits.clear()
 
     def _load_fixed_vae(self, pipe: Any) -> None:
         from diffusers import AutoencoderKL
