@@ -239,7 +239,8 @@ class Executor:
             raise LostJob(fence.job_id)
         jlog.info("succeeded: %d image(s), %s (%d bytes)", len(stored), stored[0]["s3_key"],
                   sum(a["size_bytes"] for a in stored))
-        metrics.succeeded(timings, request.steps, request.format)
+        # Per item-step, as progress counts: a batch's step makes `count` images at once.
+        metrics.succeeded(timings, request.steps * request.count, request.format)
         metrics.gpu_memory(batch.gpu_memory)
         return "succeeded"
 

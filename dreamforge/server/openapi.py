@@ -195,6 +195,7 @@ def rerun_path() -> dict[str, Any]:
             "401": UNAUTHORIZED, "404": NOT_FOUND,
             "409": _error("The job has no seed yet (queued; use new_seed), or the Idempotency-Key was used "
                           "with another request", "job_not_rerunnable", "job … has no seed yet (queued)"),
+            "413": _error("Body over 64 KiB", "payload_too_large", "request body is over 65536 bytes"),
             "415": _error("Not application/json", "unsupported_media_type",
                           "Content-Type must be application/json"),
             "422": _error("An unknown field, or new_seed not a boolean", "validation_error",
