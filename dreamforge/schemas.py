@@ -136,7 +136,7 @@ class RerunRequest(BaseModel):
 
 def parse_rerun(data: Any) -> RerunRequest:
     try:
-        return RerunRequest.model_validate({} if data is None else data)
+        return RerunRequest.model_validate(data)
     except ValidationError as exc:
         details = field_errors(exc)
         raise InvalidRequest(details[0]["message"], details=details) from None

@@ -304,28 +304,33 @@ class JobService:
                 uploaded.append(entry)
             if not uploaded:
                 continue
-            succeeded = self._record_recovered(job_id, [e.artifact for e in uploaded])
+            succeeded, recorded = self._record_recovered(job_id, [e.artifact for e in uploaded])
             for entry in uploaded:
+                if entry.key not in recorded:
+                    # The job went on without it (pruned, or another attempt stored that item):
+                    # no object outlives its record.
+                    self.artifact_store.delete(entry.key)
                 spool.remove(entry)
                 results.append({"job_id": job_id, "key": entry.key, "uploaded": True,
                                 "job_succeeded": succeeded})
         return results
 
-    def _record_recovered(self, job_id: str, rows: list[dict[str, Any]]) -> bool:
-        """Artifact rows for uploaded spool entries; the job succeeds if that completes it."""
+    def _record_recovered(self, job_id: str, rows: list[dict[str, Any]]) -> tuple[bool, set[str]]:
+        """Artifact rows for uploaded spool entries of a storage_error job: the job succeeds if
+        that completes it. Returns (the job succeeded, the keys recorded)."""
         try:
             job = self.job_store.job(job_id)
         except JobNotFound:
-            return False
+            return False, set()
         have = {a["item_index"] for a in job["artifacts"]}
         rows = [r for r in rows if r["item_index"] not in have]
+        keys = {r["s3_key"] for r in rows}
         if not rows:
-            return job["status"] == JobStatus.succeeded
-        complete = have | {r["item_index"] for r in rows} >= set(range(job["params"].get("count", 1)))
-        if complete:
-            return self.job_store.apply(moves.recover(job_id, rows)) is not None
-        self.job_store.add_recovered_artifacts(job_id, rows)
-        return False
+            return job["status"] == JobStatus.succeeded, set()
+        if have | {r["item_index"] for r in rows} >= set(range(job["params"].get("count", 1))):
+            done = self.job_store.apply(moves.recover(job_id, rows)) is not None
+            return done, keys if done else set()
+        return False, keys if self.job_store.add_recovered_artifacts(job_id, rows) else set()
 
     # -- the doors' queries -----------------------------------------------------------------------
     def get(self, job_id: str) -> JobView:

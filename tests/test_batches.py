@@ -188,6 +188,20 @@ def test_two_items_spooled_one_uploaded_later_the_job_stays_failed_until_both(df
 
 
 @sqlite_only
+def test_a_spooled_item_whose_job_is_gone_leaves_no_object_behind(df_env):
+    svc = service()
+    job = svc.submit(request(count=2)).view.id
+    Executor(JobService(svc.settings, svc.job_store, svc.queue, FailingPuts(svc.artifact_store, {2})),
+             FakeRunner(), "worker:test:1:a").execute(job)
+    assert svc.prune(0, ["failed"]) == {"jobs": 1, "artifacts": 1}
+    [result] = svc.retry_spooled()
+    assert result["uploaded"] and not result["job_succeeded"]
+    root = Path(svc.settings.storage_url.removeprefix("file://"))
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    assert Spool(svc.settings.spool_dir).entries() == []
+
+
+@sqlite_only
 def test_a_rerun_gives_the_same_images_byte_for_byte(df_env):
     svc = service()
     first = svc.submit(request(count=3, seed=None, scheduler="euler_a")).view.id
@@ -231,8 +245,9 @@ def test_rerun_over_http_with_and_without_a_body_and_idempotency(df_env):
         other = api.post(f"/v1/jobs/{first}/rerun", headers=key, json={"new_seed": True})
         assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
 
-        for body in ({"seed": 3}, {"new_seed": "yes"}, [1]):
-            bad = api.post(f"/v1/jobs/{first}/rerun", json=body)
+        for body in ({"seed": 3}, {"new_seed": "yes"}, [1], None):
+            bad = api.post(f"/v1/jobs/{first}/rerun", content=json.dumps(body),
+                           headers={"content-type": "application/json"})
             assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
         missing = api.post("/v1/jobs/00000000-0000-0000-0000-000000000000/rerun")
         assert missing.status_code == 404

@@ -112,7 +112,7 @@ async def rerun_job(request: Request) -> Response:
     parse_query(NoQuery, request)
     key = _idempotency_key(request)
     has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
-    options = parse_rerun(await read_json(request) if has_body else None)
+    options = parse_rerun(await read_json(request)) if has_body else parse_rerun({})
     submitted = await run_in_threadpool(_service(request).rerun, request.path_params["job_id"],
                                         new_seed=options.new_seed, correlation_id=request.state.request_id,
                                         idempotency_key=key, idempotency_scope=idempotency_scope(request))
