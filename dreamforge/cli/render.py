@@ -228,7 +228,9 @@ def job_details(view: JobView) -> None:
     lines: list[tuple[str, Any]] = [
         ("id", view.id), ("status", view.status.value), ("prompt", p["prompt"]),
         ("negative prompt", p.get("negative_prompt")),
-        ("size", f"{p['width']}x{p['height']}"), ("steps", f"{current}/{total}"),
+        ("size", f"{p['width']}x{p['height']}"),
+        ("steps", f"{current}/{total}" if p.get("count", 1) == 1 else
+         f"{current}/{total} ({p['count']} images x {p['steps']} steps)"),
         ("guidance", p["guidance"]), ("seed", seed), ("count", p.get("count", 1)),
         ("scheduler", p.get("scheduler") or "the checkpoint's own"),
         ("format", p["format"]), ("attempts", view.attempts),
@@ -249,6 +251,8 @@ def job_details(view: JobView) -> None:
         lines.append(("  sha256", f"{art.sha256} ({art.size_bytes} bytes)"))
     if view.error:
         lines.append(("error", f"{view.error.code}: {view.error.message}"))
-    lines.extend(("record " + n if not n.startswith(" ") else n, v) for n, v in record_lines(view.record))
+    if view.record:
+        lines.append(("record", "how the job ran (df jobs rerun makes it again)"))
+        lines.extend(("  " + n, v) for n, v in record_lines(view.record))
     for name, value in lines:
         common.console.print(Text.assemble(f"{name + ':':<17}", cell(value)))
