@@ -273,8 +273,8 @@ def test_cli_count_output_files_show_and_rerun(df_env, tmp_path: Path):
 
     shown = cli.invoke(app, ["jobs", "show", job.id])
     assert shown.exit_code == 0
-    for expected in ("count:", "3", "scheduler:", "ddim", "  seeds:", "5, 6, 7", "6/6 (3 images x 2 steps)", "stored:", "3 of 3",
-                     "artifact 2:"):
+    for expected in ("count:", "3", "scheduler:", "ddim", "  seeds:", "5, 6, 7", "6/6 (3 images x 2 steps)",
+                     "stored:", "3 of 3", "artifact 2:"):
         assert expected in shown.stdout, expected
     as_json = json.loads(cli.invoke(app, ["jobs", "show", job.id, "--json"]).stdout)
     assert as_json["record"]["scheduler"]["name"] == "ddim"
