@@ -204,11 +204,18 @@ def test_the_record_names_the_model_its_hash_and_the_machine(df_env, single_file
     assert sha in cache.read_text()
 
 
-def test_a_diffusers_folder_has_no_file_hash(df_env, tiny_files, tmp_path):
-    model = loaded(tiny_files[0], tmp_path)
+def test_a_diffusers_folder_has_no_file_hash_and_the_same_pixels_as_its_single_file(
+        df_env, tiny_files, single_file, tmp_path):
+    folder = loaded(tiny_files[0], tmp_path)
     svc = JobService.from_settings(Settings())
-    record = svc.get(job(svc, model, steps=1)).record
+    from_folder, from_file = job(svc, folder, steps=2), job(svc, single_file, steps=2)
+    record = svc.get(from_folder).record
     assert record["model"] == {"name": "tiny-sdxl", "sha256": None, "kind": "diffusers_folder"}
+    # The same weights make the same pixels; the files differ in what they say of their model.
+    [a], [b] = files(svc, from_folder), files(svc, from_file)
+    assert pixels(a).tobytes() == pixels(b).tobytes() and a != b
+    assert {k: v for k, v in record.items() if k != "model"} == \
+        {k: v for k, v in svc.get(from_file).record.items() if k != "model"}
 
 
 def test_the_batch_throughput_benchmark_runs_on_the_cpu(df_env, capsys):
