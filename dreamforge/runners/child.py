@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dreamforge import metrics
 from dreamforge.errors import RunnerError
-from dreamforge.runners import GeneratedImage, Generation, ProgressCallback
+from dreamforge.runners import GeneratedBatch, GeneratedImage, Generation, ProgressCallback
 
 if TYPE_CHECKING:
     from dreamforge.settings import Settings
@@ -118,7 +118,7 @@ class ChildRunner:
                 # The worker still starts: each job will report the problem on its own.
                 log.error("runner not ready: %s: %s", exc.code, exc.message)
 
-    def generate(self, request: Generation, on_progress: ProgressCallback) -> GeneratedImage:
+    def generate(self, request: Generation, on_progress: ProgressCallback) -> GeneratedBatch:
         with self._lock:
             if not self._alive():
                 self._start()
@@ -153,9 +153,10 @@ class ChildRunner:
                 elif kind == "result":
                     from PIL import Image
 
-                    mode, size, data, seed, model_s, gpu_memory = message[1:]
-                    return GeneratedImage(Image.frombytes(mode, size, data), seed, model_s,
-                                          gpu_memory)
+                    items, model_s, gpu_memory, record = message[1:]
+                    images = [GeneratedImage(Image.frombytes(mode, size, data), seed)
+                              for mode, size, data, seed in items]
+                    return GeneratedBatch(images, model_s, gpu_memory, record)
                 elif kind == "error":
                     raise RunnerError(message[2], code=message[1])
 
