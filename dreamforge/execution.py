@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 
 from dreamforge import __version__, imaging, metrics
 from dreamforge.artifact_store import CONTENT_TYPES, artifact_key
-from dreamforge.errors import BackendUnavailable, DreamForgeError, RunnerError, StorageError
+from dreamforge.errors import BackendUnavailable, DreamForgeError, ModelNotFound, RunnerError, StorageError
 from dreamforge.moves import Fence, JobFailure
-from dreamforge.runners import GeneratedImage, Generation, Runner
+from dreamforge.runners import GeneratedImage, Generation, ModelChoice, Runner
 from dreamforge.schemas import MAX_SEED, GenerateRequest
 from dreamforge.service import JobService
 from dreamforge.spool import Spool
@@ -167,7 +167,8 @@ class Executor:
                 raise LostJob(fence.job_id)
             request = GenerateRequest.model_validate(params)
         generation = Generation(**{k: v for k, v in request.model_dump().items()
-                                   if k in Generation.__dataclass_fields__})
+                                   if k in Generation.__dataclass_fields__ and k != "model"},
+                                model=self._model_choice(request.model))
 
         written = checked = 0.0
         recorded = -1
@@ -264,6 +265,19 @@ class Executor:
         jlog.info("succeeded: model %s registered (%d bytes)", record.name, record.size_bytes or 0)
         metrics.finished("succeeded")
         return "succeeded"
+
+    def _model_choice(self, name: str | None) -> ModelChoice | None:
+        """The registered model the job names, or the registry's default; None leaves the runner
+        on the model the settings name. A model removed since the job was queued fails the job."""
+        try:
+            record = self.service.models.resolve(name)
+        except ModelNotFound as exc:
+            raise RunnerError(f"{exc.message} (removed after the job was queued?)",
+                              code="unknown_model") from None
+        if not record.registered:
+            return None
+        self.service.models.touch(record.name)
+        return ModelChoice(record.name, str(record.location), record.sha256)
 
     def _begin_upload(self, fence: Fence, item: int, made: GeneratedImage, fmt: str) -> str:
         """Record the key this attempt is about to write (fenced), before writing it. Keys carry

@@ -64,6 +64,10 @@ class GenerateRequest(BaseModel):
     count: int = Field(default=1, ge=1, le=MAX_COUNT,
                        description="Images in this job. Item i is seeded seed + i (mod 2^32), each "
                                    "with its own generator: a count-1 job with that seed makes it again.")
+    model: str | None = Field(
+        default=None, max_length=128, json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+        description="A model of this server's registry (GET /v1/models); null: the default model. "
+                    "An unknown name is refused and nothing is queued.")
     scheduler: SchedulerName | None = Field(
         default=None, description="The sampler, by the names users know (see docs/integration.md); "
                                   "null: the checkpoint's own (Euler for SDXL base).")

@@ -30,6 +30,7 @@ from dreamforge.errors import (
     InvalidRequest,
     JobNotFound,
     JobStateError,
+    ModelNotFound,
     StorageError,
 )
 from dreamforge.moves import Fence, JobFailure
@@ -198,6 +199,7 @@ class JobService:
         one) for DF_IDEMPOTENCY_TTL; the same key in another scope is another key. A rerun's
         request is its parameters and the job it reruns."""
         self._check_webhook(request)
+        self._check_model(request.model)
         params = request.model_dump(mode="json")
         key_hash = _sha256(f"{_sha256(idempotency_scope)}:{idempotency_key}") if idempotency_key else None
         hashed: Any = params if rerun_of is None else {"params": params, "rerun_of": rerun_of}
@@ -218,6 +220,19 @@ class JobService:
                                 job["id"])
                 raise
         return Submitted(self._view(job), created)
+
+    def _check_model(self, name: str | None) -> None:
+        """A job names a model the registry has (and a checkpoint, not a LoRA): refused at
+        submit, before anything is queued."""
+        if name is None:
+            return
+        try:
+            record = self.models.resolve(name)
+        except ModelNotFound as exc:
+            raise InvalidRequest(exc.message, details=[{"field": "model", "message": exc.message}]) from None
+        if record.kind != "sdxl_checkpoint":
+            message = f"model {name!r} is a {record.kind}, not an SDXL checkpoint a job can run on"
+            raise InvalidRequest(message, details=[{"field": "model", "message": message}])
 
     def submit_download(self, request: DownloadRequest, *, correlation_id: str | None = None,
                         idempotency_key: str | None = None, idempotency_scope: str = "",
@@ -303,9 +318,23 @@ class JobService:
             raise JobStateError(f"job {job_id} has no seed yet ({job['status']}): rerun it once it has "
                                 "run, or with new_seed", code="job_not_rerunnable",
                                 details={"status": job["status"]})
+        if params.get("model") is None:
+            params["model"] = self._recorded_model(job)
         request = GenerateRequest.model_validate(params)
         return self.submit(request, correlation_id=correlation_id, idempotency_key=idempotency_key,
                            idempotency_scope=idempotency_scope, rerun_of=job_id)
+
+    def _recorded_model(self, job: dict[str, Any]) -> str | None:
+        """The registered model a job ran on when it named none (the default then): a rerun
+        pins it, so changing the default later doesn't change what the rerun makes."""
+        used = (job.get("record") or {}).get("model") or {}
+        try:
+            record = self.models.resolve(used.get("name")) if used.get("name") else None
+        except ModelNotFound:
+            return None
+        if record is None or not record.registered or record.sha256 != used.get("sha256"):
+            return None
+        return record.name
 
     def retry_failed(self, *, error_code: str | None = None, since: datetime | None = None,
                      limit: int = 1000) -> list[JobView]:

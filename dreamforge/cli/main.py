@@ -142,6 +142,8 @@ def generate(
     fmt: Annotated[str, typer.Option("--format", help="png, jpeg or webp.")] = "png",
     count: Annotated[int, typer.Option("-n", "--count",
                                        help="Images, 1–8; item i is seeded seed + i.")] = 1,
+    model: Annotated[str | None, typer.Option(
+        help="A registered model (df models list); the default model if unset.")] = None,
     scheduler: Annotated[str | None, typer.Option(
         help="euler, euler_a, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde_karras, ddim or unipc; "
              "unset: the checkpoint's own.")] = None,
@@ -165,7 +167,7 @@ def generate(
 
     request = parse_request({"prompt": prompt, "negative_prompt": negative_prompt, "width": width,
                              "height": height, "steps": steps, "guidance": guidance, "seed": seed,
-                             "format": fmt, "count": count, "scheduler": scheduler,
+                             "format": fmt, "count": count, "scheduler": scheduler, "model": model,
                              **({"webhook": webhook} if webhook is not None else {}),
                              **({"webhook_events": webhook_event} if webhook_event else {})})
     if output is not None and output.is_dir():

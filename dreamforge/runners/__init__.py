@@ -19,6 +19,16 @@ ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class ModelChoice:
+    """A registered model a job names: where this process finds it, and what it is (a sha256
+    the registry knows saves the runner hashing the file)."""
+
+    name: str
+    path: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class Generation:
     """What a runner makes: ``count`` images, item i seeded ``item_seed(seed, i)``."""
 
@@ -32,6 +42,8 @@ class Generation:
     count: int = 1
     # A name from dreamforge.schedulers, or None for the checkpoint's own scheduler.
     scheduler: str | None = None
+    # None: the model the settings name (DF_GENERATE_MODEL_PATH, ...).
+    model: ModelChoice | None = None
 
     def seeds(self) -> list[int]:
         from dreamforge.schemas import item_seed

@@ -62,7 +62,9 @@ class FakeRunner:
                 on_progress(done + step, total)
 
             images.append(GeneratedImage(self._draw(request, seed, on_step), seed))
-        record: dict[str, Any] = {"runner": self.name, "model": {"name": "fake", "sha256": None},
+        model = ({"name": request.model.name, "sha256": request.model.sha256} if request.model
+                 else {"name": "fake", "sha256": None})
+        record: dict[str, Any] = {"runner": self.name, "model": model,
                   "scheduler": {"name": request.scheduler, "class": None, "config": {}},
                   "dtype": None, "device": "cpu", "dreamforge": __version__,
                   "batches": [1] * request.count}
@@ -71,9 +73,12 @@ class FakeRunner:
     def _draw(self, request: Generation, seed: int, on_step: Callable[[int], None]) -> Image.Image:
         # The scheduler joins the digest only when one is named, so pictures made before there
         # were schedulers are made again the same.
+        # The scheduler and a registered model join the digest only when named, so pictures made
+        # before there were either are made again the same.
         scheduler = f"\0{request.scheduler}" if request.scheduler else ""
+        model = f"\0model={request.model.sha256 or request.model.name}" if request.model else ""
         digest = hashlib.sha256(
-            f"{request.prompt}\0{request.negative_prompt or ''}\0{seed}{scheduler}".encode()).digest()
+            f"{request.prompt}\0{request.negative_prompt or ''}\0{seed}{scheduler}{model}".encode()).digest()
         rng = random.Random(digest)  # noqa: S311 (pictures, not secrets)
         w, h = request.width, request.height
         top = tuple(rng.randrange(256) for _ in range(3))

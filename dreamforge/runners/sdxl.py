@@ -17,7 +17,7 @@ from typing import Any
 
 from dreamforge import schedulers
 from dreamforge.errors import RunnerError
-from dreamforge.runners import GeneratedBatch, GeneratedImage, Generation
+from dreamforge.runners import GeneratedBatch, GeneratedImage, Generation, ModelChoice
 from dreamforge.runners.model_config import sdxl_config_dir, use_open_clip_padding
 from dreamforge.settings import Settings
 
@@ -95,13 +95,17 @@ def device_name(device: str) -> str:
 class SDXL:
     """A loaded pipeline. ``load`` raises RunnerError(model_invalid) for a file it can't read."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, choice: ModelChoice | None = None):
         self.settings = settings
-        # The model: today the one the settings name. Where the registry's per-job model lands, it
-        # is resolved to a path (and its known sha256, so nothing is hashed here) at this point.
-        self.path, self.chosen_by = settings.model_path()
-        self.model_name = self.path.stem if self.path.suffix else self.path.name
-        self.model_sha256: str | None = None
+        # The model: a registered one the job named (with the sha256 the registry knows, so
+        # nothing is hashed here), else the one the settings name.
+        if choice is not None:
+            self.path, self.chosen_by = Path(choice.path), f"the model registry ({choice.name})"
+            self.model_name, self.model_sha256 = choice.name, choice.sha256
+        else:
+            self.path, self.chosen_by = settings.model_path()
+            self.model_name = self.path.stem if self.path.suffix else self.path.name
+            self.model_sha256 = None
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.pipe: Any = None
@@ -137,7 +141,7 @@ class SDXL:
             self._load_fixed_vae(pipe)
         pipe.set_progress_bar_config(disable=True)
         self.use(pipe.to(self.device))
-        if self.path.is_file():
+        if self.path.is_file() and self.model_sha256 is None:
             self.model_sha256 = file_sha256(self.path, self.settings.data_dir / "model-hashes.json")
         if self.settings.compile:
             try:

@@ -15,13 +15,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from dreamforge.errors import RunnerError
+from dreamforge.runners import ModelChoice
 
 
 class Interrupted(Exception):
     """Raised from the pipeline's step-end callback: the generation stops at once."""
 
 
-def main(conn: Connection, settings_data: dict[str, Any]) -> None:
+def main(conn: Connection, settings_data: dict[str, Any], choice: ModelChoice | None = None) -> None:
     from dreamforge.settings import Settings
 
     # Loading must never reach for a model hub, and the worker's log is no place for progress bars.
@@ -36,7 +37,7 @@ def main(conn: Connection, settings_data: dict[str, Any]) -> None:
         prepare_compile_cache(settings)  # before torch is imported
     from dreamforge.runners.sdxl import SDXL
 
-    model = SDXL(settings)
+    model = SDXL(settings, choice)
     try:
         model.load()
     except RunnerError as exc:
