@@ -79,8 +79,10 @@ class ModelNotFound(DreamForgeError):
 
 
 class ModelRejected(InvalidRequest):
-    """The file is not a model DreamForge can load: not an SDXL base checkpoint (``not_sdxl``),
-    or truncated or corrupt (``model_invalid``). The message says what it looks like."""
+    """The file is not a model DreamForge can load: not an SDXL base checkpoint or SDXL LoRA
+    (``not_sdxl``), or truncated or corrupt (``model_invalid``). The message says what it looks
+    like. Also a registered model of the wrong kind for its place: a LoRA named as a job's model or
+    the default (``not_a_checkpoint``), a checkpoint named as a LoRA (``not_a_lora``)."""
 
     code = "not_sdxl"
 
