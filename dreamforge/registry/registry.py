@@ -311,8 +311,8 @@ class ModelRegistry:
         return Verified(name, ok, record.sha256, actual, None if ok else "the sha256 differs from the one recorded")
 
     def scan(self, on_bytes: Callable[[int], None] | None = None) -> ScanReport:
-        """Register the SDXL checkpoints under the models root that are not registered yet
-        (single .safetensors files and Diffusers folders), named after their file or folder."""
+        """Register the SDXL checkpoints and LoRAs under the models root that are not registered
+        yet (single .safetensors files and Diffusers folders), named after their file or folder."""
         report = ScanReport()
         if not self.root.is_dir():
             return report
