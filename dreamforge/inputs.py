@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,8 @@ from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from dreamforge.errors import ImageRejected, JobNotFound
 from dreamforge.text import cut
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from dreamforge.artifact_store import ArtifactStore
@@ -44,6 +46,9 @@ PngImagePlugin.MAX_TEXT_MEMORY = 8 * 1024 * 1024
 # Pillow's format name → (ours, content type, file extension).
 FORMATS = {"PNG": ("png", "image/png", "png"), "JPEG": ("jpeg", "image/jpeg", "jpg"),
            "WEBP": ("webp", "image/webp", "webp")}
+# Pillow opens a JPEG that carries more pictures (a camera's MPO) as format MPO.
+PILLOW_FORMAT = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}
+MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 CONTENT_TYPES = {ours: content_type for ours, content_type, _ in FORMATS.values()}
 EXTENSIONS = {ours: ext for ours, _, ext in FORMATS.values()}
 UPLOADS_PREFIX = "dreamforge/default/uploads/"
@@ -52,8 +57,6 @@ UPLOAD_ID = re.compile(r"^[0-9a-f]{64}\Z")
 OTHER_FORMATS = ((b"GIF87a", "a GIF"), (b"GIF89a", "a GIF"), (b"BM", "a BMP"), (b"II*\x00", "a TIFF"),
                  (b"MM\x00*", "a TIFF"), (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000"), (b"8BPS", "a Photoshop file"),
                  (b"%PDF", "a PDF"), (b"\x00\x00\x01\x00", "an icon"), (b"<svg", "an SVG"), (b"<?xml", "XML"))
-# What a broken file makes Pillow raise while reading it.
-BROKEN = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ def upload_key(sha256: str, fmt: str) -> str:
 
 
 def _unsupported(data: bytes, declared: str | None) -> ImageRejected:
+    ours = next((name for magic, name in MAGIC.items() if data.startswith(magic)), None)
+    if ours is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        ours = "WebP"
+    if ours is not None:  # one of ours by its first bytes, but its header doesn't parse
+        return ImageRejected(f"the file starts as a {ours} image but its header is broken", code="image_invalid")
     head = data[:16].lstrip()
     what = next((name for magic, name in OTHER_FORMATS if head.startswith(magic)), None)
     if what is None and data[4:8] == b"ftyp":
@@ -104,20 +112,24 @@ def inspect_image(data: bytes, max_side: int, declared: str | None = None) -> tu
     ImageRejected otherwise. ``declared``, a content type the sender gave, must agree."""
     try:
         with Image.open(io.BytesIO(data), formats=list(FORMATS)) as img:
-            fmt, (width, height) = FORMATS[str(img.format)][0], img.size
+            fmt, (width, height) = PILLOW_FORMAT[str(img.format)], img.size
             if width > max_side or height > max_side:
                 raise _too_large(width, height, max_side)  # judged from the header, nothing decoded
             if getattr(img, "n_frames", 1) > 1:
-                raise ImageRejected("the image is animated; send a single frame", code="image_invalid")
+                raise ImageRejected("the image has several frames (animated, or a multi-picture JPEG); "
+                                    "send a single one", code="image_invalid")
             img.verify()
         with Image.open(io.BytesIO(data), formats=list(FORMATS)) as img:
             img.load()
+    except ImageRejected:
+        raise
     except Image.DecompressionBombError as exc:
         raise ImageRejected(f"the image declares too many pixels to decode safely ({exc})",
                             code="image_too_large") from None
     except UnidentifiedImageError:
         raise _unsupported(data, declared) from None
-    except BROKEN as exc:
+    except Exception as exc:  # whatever a broken file makes a decoder raise is the file's fault
+        log.info("an input image was refused: %s: %s", type(exc).__name__, cut(str(exc), 200))
         raise ImageRejected(f"the image is truncated or corrupt: {cut(str(exc) or type(exc).__name__, 120)}",
                             code="image_invalid") from None
     if declared in CONTENT_TYPES.values() and declared != CONTENT_TYPES[fmt]:

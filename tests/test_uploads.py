@@ -152,6 +152,36 @@ def test_what_is_not_png_jpeg_or_webp_is_415(api, data, named):
     assert named in message
 
 
+def _frames(fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    first, second = Image.new("RGB", (32, 32), (1, 2, 3)), Image.new("RGB", (32, 32), (200, 2, 1))
+    first.save(out, format=fmt, save_all=True, append_images=[second], **options)
+    return out.getvalue()
+
+
+def _with_chunk(kind: bytes, data: bytes) -> bytes:
+    png = image_bytes("PNG")
+    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return png[:33] + chunk + png[33:]  # after IHDR
+
+
+@sqlite_only
+@pytest.mark.parametrize(("data", "says"), [
+    (_frames("PNG"), "several frames"),
+    (_frames("WEBP", duration=[100, 100], lossless=True), "several frames"),
+    (_frames("MPO"), "several frames"),
+    # A text chunk that inflates to 50 MiB: Pillow's text limit (set on purpose) stops it.
+    (_with_chunk(b"zTXt", b"k\0\0" + zlib.compress(b"a" * (50 * 1024 * 1024))), "MAX_TEXT_CHUNK"),
+    (_with_chunk(b"tEXt", b"k\0v")[:-30] + b"\0" * 30, "truncated or corrupt"),
+    (png_declaring(0, 10), "header is broken"),
+])
+def test_hostile_images_are_422_and_not_stored(api, data, says):
+    message = refusal(api.post("/v1/uploads", content=data, headers={"Content-Type": "image/png"}),
+                      422, "image_invalid")
+    assert says in message
+    assert stored_uploads(Settings()) == []
+
+
 @sqlite_only
 def test_content_types_must_be_images_and_agree_with_the_bytes(api):
     png = image_bytes("PNG")
