@@ -42,6 +42,7 @@ from dreamforge.text import cut
 if TYPE_CHECKING:
     from dreamforge.artifact_store import ArtifactStore
     from dreamforge.feed import EventFeed
+    from dreamforge.inputs import InputImage
     from dreamforge.job_store import JobStore
     from dreamforge.queue import JobQueue
     from dreamforge.registry import ModelRegistry
@@ -740,3 +741,21 @@ class JobService:
 
     def finish_delivery(self, delivery_id: str, claim_token: str, status: str, **outcome: Any) -> bool:
         return self.deliveries.finish(delivery_id, claim_token, status, **outcome)
+
+    # -- input images (dreamforge/inputs.py) -------------------------------------------------------
+    def upload_image(self, data: bytes, content_type: str | None = None) -> InputImage:
+        """Check an image (PNG, JPEG or WebP) and store it as sent; the same bytes twice are one
+        object. ``content_type``, when the sender gave one, must match. ImageRejected otherwise."""
+        from dreamforge.inputs import store_upload
+
+        return store_upload(self.artifact_store, data, content_type, max_bytes=self.settings.upload_max_bytes,
+                            max_side=self.settings.upload_max_side)
+
+    def upload(self, upload_id: str) -> InputImage:
+        """A stored upload's description; ImageRejected (unknown_input) when there is none."""
+        return self.upload_content(upload_id)[0]
+
+    def upload_content(self, upload_id: str) -> tuple[InputImage, bytes]:
+        from dreamforge.inputs import find_upload
+
+        return find_upload(self.artifact_store, upload_id)
