@@ -24,9 +24,10 @@ CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 def artifact_key(job_id: str, created: datetime, item: int, width: int, height: int, seed: int,
-                 fmt: str) -> str:
+                 fmt: str, step: str = "generate") -> str:
+    """``step``: the job's step, named after its type (generate, img2img, inpaint)."""
     ts = created.strftime("%Y%m%dT%H%M%SZ")
-    return (f"dreamforge/default/jobs/{job_id}/generate/"
+    return (f"dreamforge/default/jobs/{job_id}/{step}/"
             f"{ts}_{item}_{width}x{height}_{seed}.{EXTENSIONS[fmt]}")
 
 

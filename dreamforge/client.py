@@ -47,6 +47,8 @@ from dreamforge.text import cut
 if TYPE_CHECKING:
     import httpx
 
+    from dreamforge.inputs import InputImage
+
 M = TypeVar("M", bound=BaseModel)
 
 # The envelope's codes, as the errors the job service raises for the same cases.
@@ -170,6 +172,22 @@ class RemoteService:
     def submit(self, request: GenerateRequest) -> Submitted:
         response = self._post("/v1/jobs", json=request.model_dump(mode="json", exclude_none=True))
         return Submitted(self._job(response), response.headers.get("idempotent-replayed") != "true")
+
+    def upload_image(self, data: bytes, content_type: str | None = None) -> InputImage:
+        """POST /v1/uploads with the image as the body (its type from its first bytes when not
+        given; the server checks both)."""
+        from dreamforge.inputs import InputImage
+
+        if content_type is None:
+            content_type = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg" \
+                if data.startswith(b"\xff\xd8") else "image/webp" if data[8:12] == b"WEBP" \
+                else "application/octet-stream"
+        body = self._json(self._post("/v1/uploads", content=data, headers={"content-type": content_type}))
+        try:
+            return InputImage(str(body["sha256"]), "", int(body["width"]), int(body["height"]),
+                              str(body["format"]), body.get("size_bytes"))
+        except (KeyError, TypeError, ValueError):
+            self._bad_answer("the upload's description")
 
     def cancel(self, job_id: str) -> JobView:
         return self._job(self._post(self._job_path(job_id, "cancel")))

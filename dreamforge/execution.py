@@ -21,10 +21,17 @@ from typing import Any, TypeVar
 
 from dreamforge import __version__, imaging, metrics
 from dreamforge.artifact_store import CONTENT_TYPES, artifact_key
-from dreamforge.errors import BackendUnavailable, DreamForgeError, ModelNotFound, RunnerError, StorageError
+from dreamforge.errors import (
+    BackendUnavailable,
+    DreamForgeError,
+    InvalidRequest,
+    ModelNotFound,
+    RunnerError,
+    StorageError,
+)
 from dreamforge.moves import Fence, JobFailure
-from dreamforge.runners import GeneratedImage, Generation, ModelChoice, Runner
-from dreamforge.schemas import MAX_SEED, GenerateRequest
+from dreamforge.runners import GeneratedImage, Generation, LoraChoice, ModelChoice, Runner
+from dreamforge.schemas import MAX_SEED, GenerateRequest, request_of
 from dreamforge.service import JobService
 from dreamforge.spool import Spool
 from dreamforge.tables import utcnow
@@ -37,12 +44,25 @@ PROGRESS_EVERY_S = 0.25
 CANCEL_CHECK_S = 0.1
 
 
-def run_record(runner_record: dict[str, Any], generation: Generation) -> dict[str, Any]:
+def run_record(runner_record: dict[str, Any], generation: Generation,
+               inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """The job's record: what the runner knows of the run (model, scheduler, dtype, device,
-    library versions, batches), the DreamForge version and every item's seed. Nothing that
-    changes from one run to the next on the same machine and model, so it can go into the images
-    and a rerun still writes the same bytes."""
-    return {**runner_record, "dreamforge": __version__, "seeds": generation.seeds()}
+    library versions, batches), the DreamForge version and every item's seed; for img2img and
+    inpaint the input images' sha256 and the strength, and the LoRAs applied (name, sha256,
+    weight). Nothing that changes from one run to the next on the same machine and model, so it
+    can go into the images and a rerun still writes the same bytes."""
+    record = {**runner_record, "dreamforge": __version__, "seeds": generation.seeds()}
+    if inputs:
+        record["inputs"] = {name: {"sha256": image["sha256"]} for name, image in inputs.items()}
+        record["strength"] = generation.strength
+        record["denoising_steps"] = generation.denoising_steps()
+    if generation.loras:
+        record["loras"] = lora_list(generation)
+    return record
+
+
+def lora_list(generation: Generation) -> list[dict[str, Any]]:
+    return [{"name": lora.name, "sha256": lora.sha256, "weight": lora.weight} for lora in generation.loras]
 
 
 class LostJob(Exception):
@@ -159,16 +179,21 @@ class Executor:
 
     def _generate_and_store(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | None:
         service = self.service
-        request = GenerateRequest.model_validate(params)
+        request = request_of(params)
         if request.seed is None:
             # Drawn just before sampling, and recorded before any pixel exists.
             params = {**params, "seed": secrets.randbelow(MAX_SEED + 1)}
             if not service.record_seed(fence, params):
                 raise LostJob(fence.job_id)
-            request = GenerateRequest.model_validate(params)
+            request = request_of(params)
+        inputs: dict[str, Any] = params.get("inputs") or {}
         generation = Generation(**{k: v for k, v in request.model_dump().items()
-                                   if k in Generation.__dataclass_fields__ and k != "model"},
-                                model=self._model_choice(request.model))
+                                   if k in Generation.__dataclass_fields__
+                                   and k not in ("model", "init_image", "mask_image", "loras")},
+                                model=self._model_choice(request.model), mode=request.type,
+                                loras=self._lora_choices(request),
+                                init_image=self._input_bytes(inputs.get("init_image")),
+                                mask_image=self._input_bytes(inputs.get("mask_image")))
 
         written = checked = 0.0
         recorded = -1
@@ -200,8 +225,18 @@ class Executor:
         t0 = time.perf_counter()
         batch = self.runner.generate(generation, on_progress)
         t1 = time.perf_counter()
-        record = run_record(batch.record, generation)
+        record = run_record(batch.record, generation, inputs)
         meta = {**asdict(generation), "format": request.format}
+        # The images' own bytes stay out of their metadata: their sha256 names them.
+        for name in ("init_image", "mask_image"):
+            meta[name] = inputs[name]["sha256"] if name in inputs else None
+        if generation.loras:
+            meta["loras"] = lora_list(generation)
+        else:
+            del meta["loras"]
+        if request.type == "generate":
+            for name in ("mode", "init_image", "mask_image", "strength"):
+                del meta[name]  # so a generate job's images are the bytes they were before
         stored: list[dict[str, Any]] = []
         unstored: list[tuple[dict[str, Any], StorageError, bool]] = []
         encode_s = store_s = 0.0
@@ -212,7 +247,7 @@ class Executor:
                                       imaging.item_metadata(meta, item, made.seed, self.runner.name, record))
                 ts = time.perf_counter()
                 encode_s += ts - te
-                key = self._begin_upload(fence, item, made, request.format)
+                key = self._begin_upload(fence, item, made, request.format, request.type)
                 artifact: dict[str, Any] = {"item_index": item, "seed": made.seed, "width": made.image.width,
                             "height": made.image.height, "format": request.format, "s3_key": key,
                             "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -243,7 +278,7 @@ class Executor:
         jlog.info("succeeded: %d image(s), %s (%d bytes)", len(stored), stored[0]["s3_key"],
                   sum(a["size_bytes"] for a in stored))
         # Per item-step, as progress counts: a batch's step makes `count` images at once.
-        metrics.succeeded(timings, request.steps * request.count, request.format)
+        metrics.succeeded(timings, request.denoising_steps() * request.count, request.format)
         metrics.gpu_memory(batch.gpu_memory)
         return "succeeded"
 
@@ -279,13 +314,42 @@ class Executor:
         self.service.models.touch(record.name)
         return ModelChoice(record.name, str(record.location), record.sha256)
 
-    def _begin_upload(self, fence: Fence, item: int, made: GeneratedImage, fmt: str) -> str:
+    def _lora_choices(self, request: GenerateRequest) -> tuple[LoraChoice, ...]:
+        """The registered LoRAs the job names; one removed since it was queued fails the job."""
+        choices = []
+        for lora in request.loras or []:
+            try:
+                record = self.service.models.resolve_lora(lora.name)
+            except (ModelNotFound, InvalidRequest) as exc:
+                raise RunnerError(f"{exc.message} (removed after the job was queued?)",
+                                  code="unknown_model") from None
+            self.service.models.touch(record.name)
+            choices.append(LoraChoice(record.name, str(record.location), record.sha256, lora.weight))
+        return tuple(choices)
+
+    def _input_bytes(self, image: dict[str, Any] | None) -> bytes | None:
+        """An input image's bytes from the artifact store, checked against the sha256 the job
+        was submitted with."""
+        if image is None:
+            return None
+        try:
+            data = self.service.artifact_store.get(image["key"])
+        except StorageError as exc:
+            raise RunnerError(f"the input image {image['sha256']} could not be read: {exc.message}",
+                              code="input_unavailable") from None
+        if hashlib.sha256(data).hexdigest() != image["sha256"]:
+            raise RunnerError(f"the input image at {image['key']} is not the one the job was submitted "
+                              f"with (sha256 {image['sha256']})", code="input_unavailable")
+        return data
+
+    def _begin_upload(self, fence: Fence, item: int, made: GeneratedImage, fmt: str,
+                      step: str = "generate") -> str:
         """Record the key this attempt is about to write (fenced), before writing it. Keys carry
         the second they were made in; one an earlier attempt already used is never reused, so
         sweeping that attempt's leftovers can't remove this one's image."""
         while True:
             key = artifact_key(fence.job_id, utcnow(), item, made.image.width, made.image.height,
-                               made.seed, fmt)
+                               made.seed, fmt, step)
             began = self._patiently(f"[job={fence.job_id}] recording the upload",
                                     functools.partial(self.service.begin_upload, fence, key))
             if began is False:

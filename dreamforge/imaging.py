@@ -21,7 +21,9 @@ def parameters_text(params: dict[str, Any]) -> str:
     record = params.get("record") or {}
     model = record.get("model") or {}
     scheduler = (record.get("scheduler") or {}).get("name") or params.get("scheduler")
-    lines = [params["prompt"]]
+    loras = params.get("loras") or []
+    # A1111 writes the LoRAs it applied into the prompt line as <lora:name:weight>.
+    lines = [params["prompt"] + "".join(f" <lora:{lora['name']}:{_number(lora['weight'])}>" for lora in loras)]
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
     fields: list[tuple[str, Any]] = [("Steps", params["steps"]), *a1111_fields(scheduler),
@@ -31,10 +33,20 @@ def parameters_text(params: dict[str, Any]) -> str:
         fields.append(("Model hash", model["sha256"][:10]))  # A1111's short hash: sha256's first 10
     if model.get("name"):
         fields.append(("Model", _field_value(model["name"])))
+    if params.get("mode") in ("img2img", "inpaint") and params.get("strength") is not None:
+        fields.append(("Denoising strength", _number(params["strength"])))
+    hashes = [f"{lora['name']}: {lora['sha256'][:10]}" for lora in loras if lora.get("sha256")]
+    if hashes:
+        fields.append(("Lora hashes", json.dumps(", ".join(hashes), ensure_ascii=False)))
     if params.get("count", 1) > 1:
         fields += [("Batch size", params["count"]), ("Batch pos", params.get("item_index", 0))]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields))
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    """0.8, not 0.80000001; 1, not 1.0 (as A1111 writes weights)."""
+    return f"{value:g}"
 
 
 def _field_value(text: str) -> str:

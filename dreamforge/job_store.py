@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from dreamforge import migrate
 from dreamforge.errors import BackendUnavailable, ConfigError, IdempotencyConflict, JobNotFound
 from dreamforge.moves import RUNNING, Fence, Move
+from dreamforge.schemas import denoising_steps
 from dreamforge.status import JobStatus, is_job_id
 from dreamforge.tables import artifacts, events, jobs, leases, steps, uploads, utcnow, webhook_deliveries, workers
 from dreamforge.text import cut
@@ -223,10 +224,13 @@ class JobStore:
                "params": params, "idempotency_key_hash": idempotency_key_hash,
                "request_hash": request_hash, "correlation_id": correlation_id, "attempts": 0,
                "retry_of": retry_of, "rerun_of": rerun_of}
-        # Progress counts item-steps: every item of a batch takes every step.
+        # Progress counts item-steps: every item of a batch takes every denoising step (img2img
+        # and inpaint run int(steps * strength) of them).
+        steps_run = denoising_steps(params.get("steps", 0), params.get("strength")) \
+            if job_type in ("img2img", "inpaint") else params.get("steps", 0)
         step = {"job_id": job_id, "name": STEP_NAME if job_type == "generate" else job_type,
                 "status": JobStatus.queued.value,
-                "progress_current": 0, "progress_total": params.get("steps", 0) * params.get("count", 1),
+                "progress_current": 0, "progress_total": steps_run * params.get("count", 1),
                 "seed": params.get("seed")}
         expires = self._later(idempotency_ttl_s) if idempotency_key_hash and idempotency_ttl_s else None
         first_event = {"status": "queued", **({"retry_of": retry_of} if retry_of else {}),

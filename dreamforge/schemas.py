@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dreamforge.errors import InvalidRequest
 from dreamforge.schedulers import NAMES as SCHEDULER_NAMES
@@ -34,8 +42,52 @@ _PROMPT_RE = re.compile(PROMPT_PATTERN)
 _NO_NUL_RE = re.compile(NO_NUL_PATTERN)
 
 
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MAX_LORAS = 4
+JOB_TYPES = ("generate", "img2img", "inpaint")
+# The strength a job of each type runs at when it names none (A1111's img2img default; inpainting
+# repaints the masked part from noise).
+DEFAULT_STRENGTH = {"img2img": 0.75, "inpaint": 1.0}
+
+
+class ArtifactRef(BaseModel):
+    """An earlier job's image as an input."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    job_id: str = Field(max_length=64)
+    item: int = Field(default=0, ge=0, le=MAX_COUNT - 1)
+
+
+UPLOAD_ID_PATTERN = "^[0-9a-f]{64}$"
+_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{64}\Z")
+UploadId = Annotated[str, Field(json_schema_extra={"pattern": UPLOAD_ID_PATTERN})]
+InputRef = UploadId | ArtifactRef
+_INPUT_DESCRIPTION = ("An upload's id (POST /v1/uploads: the 64 hex digits of its sha256) or an earlier "
+                      "job's image {\"job_id\": ID, \"item\": N}. Resolved when the job is submitted "
+                      "(unknown: 422); the job's params keep the resolved sha256 under `inputs`.")
+
+
+class LoraRequest(BaseModel):
+    """A registered LoRA (GET /v1/models, kind sdxl_lora) applied at a weight."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(max_length=128, json_schema_extra={"pattern": MODEL_NAME_PATTERN})
+    weight: float = Field(default=1.0, ge=-4, le=4, allow_inf_nan=False,
+                          description="The LoRA's scale: 0 leaves the model as it is, 1 as trained.")
+
+
+def denoising_steps(steps: int, strength: float | None) -> int:
+    """The denoising steps a job runs: all of them from noise (strength None), else the last
+    ``int(steps * strength)`` of the schedule, computed as Diffusers' ``get_timesteps`` does."""
+    return steps if strength is None else min(int(steps * strength), steps)
+
+
 class GenerateRequest(BaseModel):
-    """A request for ``count`` images. Unknown fields are refused so typos surface."""
+    """A request for ``count`` images: from a prompt alone (``generate``), from an image
+    (``img2img``), or repainting the masked part of one (``inpaint``). Unknown fields are refused
+    so typos surface."""
 
     # strict: on the wire, `true`, `"64"` and `64.0` are not integers (the CLI parses its own
     # arguments and passes ints).
@@ -50,13 +102,19 @@ class GenerateRequest(BaseModel):
         },
     )
 
-    type: Literal["generate"] = "generate"
+    type: Literal["generate", "img2img", "inpaint"] = Field(
+        default="generate", description="generate: from the prompt alone; img2img: from init_image; "
+                                        "inpaint: repaint init_image where mask_image is white.")
     prompt: str = Field(min_length=1, max_length=2000, json_schema_extra={"pattern": PROMPT_PATTERN},
                         description="Not blank (whitespace only is refused); no NUL character.")
     negative_prompt: str | None = Field(default=None, max_length=2000,
                                         json_schema_extra={"pattern": NO_NUL_PATTERN})
-    width: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
-    height: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
+    width: int = Field(default=1024, ge=64, le=2048, multiple_of=8,
+                       description="img2img and inpaint: the init image's width when unset (see height).")
+    height: int = Field(default=1024, ge=64, le=2048, multiple_of=8,
+                        description="img2img and inpaint: when width and height are unset, the init "
+                                    "image's size (scaled down to fit 2048, then rounded down to a multiple "
+                                    "of 8); the input (and mask) are resized to the job's size when it differs.")
     steps: int = Field(default=30, ge=1, le=150)
     guidance: float = Field(default=7.0, ge=0, le=30, allow_inf_nan=False)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
@@ -65,12 +123,28 @@ class GenerateRequest(BaseModel):
                        description="Images in this job. Item i is seeded seed + i (mod 2^32), each "
                                    "with its own generator: a count-1 job with that seed makes it again.")
     model: str | None = Field(
-        default=None, max_length=128, json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+        default=None, max_length=128, json_schema_extra={"pattern": MODEL_NAME_PATTERN},
         description="A model of this server's registry (GET /v1/models); null: the default model. "
                     "An unknown name is refused and nothing is queued.")
     scheduler: SchedulerName | None = Field(
         default=None, description="The sampler, by the names users know (see docs/integration.md); "
                                   "null: the checkpoint's own (Euler for SDXL base).")
+    # -- images in and LoRAs (issue #19) ---------------------------------------------------------
+    init_image: InputRef | None = Field(
+        default=None,
+        description="img2img and inpaint (required there): the image to start from. " + _INPUT_DESCRIPTION)
+    mask_image: InputRef | None = Field(
+        default=None,
+        description="inpaint (required there): white repaints, black keeps; the init image's size "
+                    "(else 422). Outside the mask the output's pixels are the input's, exactly.")
+    strength: float | None = Field(
+        default=None, ge=0, le=1, allow_inf_nan=False,
+        description="img2img and inpaint: how far from the input to go, 0-1 (unset: 0.75 for img2img, "
+                    "1.0 for inpaint). The job runs int(steps * strength) denoising steps (at least 1).")
+    loras: list[LoraRequest] | None = Field(
+        default=None, max_length=MAX_LORAS,
+        description=f"Up to {MAX_LORAS} registered LoRAs (kind sdxl_lora) on any job type; an unknown "
+                    "name is refused and nothing is queued.")
     # -- webhooks (issue #16): checked again by the service (the address rule needs settings) ----
     webhook: str | None = Field(
         default=None, max_length=2048, json_schema_extra={"format": "uri", "pattern": "^https?://[^@/]+"},
@@ -96,6 +170,45 @@ class GenerateRequest(BaseModel):
         if value is not None and info.data.get("webhook") is None:
             raise ValueError("webhook_events needs webhook")
         return list(dict.fromkeys(value)) if value is not None else None
+
+    @field_validator("loras")
+    @classmethod
+    def _loras_once_each(cls, value: list[LoraRequest] | None) -> list[LoraRequest] | None:
+        if value is not None and len({lora.name for lora in value}) != len(value):
+            raise ValueError("loras: each LoRA once")
+        return value or None
+
+    @field_validator("init_image", "mask_image")
+    @classmethod
+    def _upload_id(cls, value: InputRef | None) -> InputRef | None:
+        if isinstance(value, str) and not _UPLOAD_ID_RE.match(value):
+            raise ValueError("an input image is an upload id (64 hex digits) or {\"job_id\": ID, \"item\": N}")
+        return value
+
+    @model_validator(mode="after")
+    def _inputs_fit_the_type(self) -> GenerateRequest:
+        kind = self.type
+        if kind == "generate":
+            for name in ("init_image", "mask_image", "strength"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is for img2img and inpaint jobs, not generate")
+            return self
+        if self.init_image is None:
+            raise ValueError(f"an {kind} job needs init_image")
+        if kind == "img2img" and self.mask_image is not None:
+            raise ValueError("mask_image is for inpaint jobs; img2img changes the whole image")
+        if kind == "inpaint" and self.mask_image is None:
+            raise ValueError("an inpaint job needs mask_image (white: repaint)")
+        if self.strength is None:
+            self.strength = DEFAULT_STRENGTH[kind]
+        if self.denoising_steps() < 1:
+            raise ValueError(f"strength {self.strength} of {self.steps} steps runs no denoising step "
+                             "(int(steps * strength) must be at least 1)")
+        return self
+
+    def denoising_steps(self) -> int:
+        """The steps each item runs (progress counts these): ``steps``, or int(steps * strength)."""
+        return denoising_steps(self.steps, self.strength if self.type != "generate" else None)
 
     @field_validator("prompt")
     @classmethod
@@ -144,6 +257,11 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
             message = f"{field}: {message[0].lower()}{message[1:]}"
         out.append({"field": field, "message": message})
     return out
+
+
+def request_of(params: dict[str, Any]) -> GenerateRequest:
+    """A job's request from its params: what was asked, without what submit resolved (``inputs``)."""
+    return GenerateRequest.model_validate({k: v for k, v in params.items() if k != "inputs"})
 
 
 def parse_request(data: Any) -> GenerateRequest:

@@ -34,7 +34,7 @@ from dreamforge.errors import (
     StorageError,
 )
 from dreamforge.moves import Fence, JobFailure
-from dreamforge.schemas import GenerateRequest, JobView
+from dreamforge.schemas import GenerateRequest, JobView, request_of
 from dreamforge.settings import Settings
 from dreamforge.status import JobStatus, is_job_id
 from dreamforge.text import cut
@@ -201,14 +201,18 @@ class JobService:
         request is its parameters and the job it reruns."""
         self._check_webhook(request)
         self._check_model(request.model)
+        self._check_loras(request)
+        request, inputs = self._resolve_inputs(request)
         params = request.model_dump(mode="json")
+        if inputs:
+            params["inputs"] = inputs
         key_hash = _sha256(f"{_sha256(idempotency_scope)}:{idempotency_key}") if idempotency_key else None
         hashed: Any = params if rerun_of is None else {"params": params, "rerun_of": rerun_of}
         request_hash = _sha256(json.dumps(hashed, sort_keys=True)) if idempotency_key else None
         job, created = self.job_store.create(params, correlation_id=correlation_id,
                                              idempotency_key_hash=key_hash,
                                              request_hash=request_hash, retry_of=retry_of,
-                                             rerun_of=rerun_of,
+                                             rerun_of=rerun_of, job_type=request.type,
                                              idempotency_ttl_s=self.settings.idempotency_ttl.total_seconds())
         if created:
             try:
@@ -234,6 +238,36 @@ class JobService:
         if record.kind != "sdxl_checkpoint":
             message = f"model {name!r} is a {record.kind}, not an SDXL checkpoint a job can run on"
             raise InvalidRequest(message, details=[{"field": "model", "message": message}])
+
+    def _check_loras(self, request: GenerateRequest) -> None:
+        """Every LoRA a job names is registered (and a LoRA): refused at submit otherwise."""
+        for index, lora in enumerate(request.loras or []):
+            try:
+                self.models.resolve_lora(lora.name)
+            except (ModelNotFound, InvalidRequest) as exc:
+                raise InvalidRequest(exc.message, details=[{"field": f"loras.{index}.name",
+                                                            "message": exc.message}]) from None
+
+    def _resolve_inputs(self, request: GenerateRequest) -> tuple[GenerateRequest, dict[str, Any]]:
+        """An img2img or inpaint job's images, resolved now (an unknown one, or a mask of another
+        size than its image: 422, nothing queued): the job keeps their sha256 and key under
+        ``inputs``. Without width and height, the job's size is the init image's, scaled down to
+        fit 2048 and rounded down to a multiple of 8."""
+        from dreamforge.inputs import check_mask, resolve_input
+
+        if request.type == "generate":
+            return request, {}
+        assert request.init_image is not None  # the request's validator requires it
+        found = {"init_image": resolve_input(self, _ref(request.init_image))}
+        if request.mask_image is not None:
+            found["mask_image"] = resolve_input(self, _ref(request.mask_image))
+            check_mask(found["init_image"], found["mask_image"])
+        inputs = {name: {"sha256": image.sha256, "key": image.key, "width": image.width,
+                         "height": image.height, "format": image.format} for name, image in found.items()}
+        if not {"width", "height"} & request.model_fields_set:
+            width, height = fitted_size(found["init_image"].width, found["init_image"].height)
+            request = request.model_copy(update={"width": width, "height": height})
+        return request, inputs
 
     def submit_download(self, request: DownloadRequest, *, correlation_id: str | None = None,
                         idempotency_key: str | None = None, idempotency_scope: str = "",
@@ -299,7 +333,7 @@ class JobService:
 
             return self.submit_download(DownloadRequest.model_validate(job["params"]),
                                         correlation_id=correlation_id, retry_of=job_id).view
-        request = GenerateRequest.model_validate(job["params"])
+        request = request_of(job["params"])
         return self.submit(request, correlation_id=correlation_id, retry_of=job_id,
                            idempotency_key=idempotency_key,
                            idempotency_scope=f"{idempotency_scope}\nretry:{job_id}").view
@@ -321,7 +355,7 @@ class JobService:
                                 details={"status": job["status"]})
         if params.get("model") is None:
             params["model"] = self._recorded_model(job)
-        request = GenerateRequest.model_validate(params)
+        request = request_of(params)
         return self.submit(request, correlation_id=correlation_id, idempotency_key=idempotency_key,
                            idempotency_scope=idempotency_scope, rerun_of=job_id)
 
@@ -759,3 +793,15 @@ class JobService:
         from dreamforge.inputs import find_upload
 
         return find_upload(self.artifact_store, upload_id)
+
+
+def _ref(ref: Any) -> Any:
+    """A request's input reference as resolve_input takes it (a string or a mapping)."""
+    return ref if isinstance(ref, str) else ref.model_dump()
+
+
+def fitted_size(width: int, height: int, largest: int = 2048, smallest: int = 64) -> tuple[int, int]:
+    """An input image's size as a job's: scaled down to fit ``largest``, each side rounded down
+    to a multiple of 8 and at least ``smallest``."""
+    scale = min(1.0, largest / max(width, height))
+    return tuple(max(smallest, int(side * scale) // 8 * 8) for side in (width, height))  # type: ignore[return-value]

@@ -130,13 +130,44 @@ class LocalRun:
              f"To cancel it: df jobs cancel {job_id}")
 
 
+def _lora_option(text: str) -> dict[str, object]:
+    """``--lora NAME[:WEIGHT]`` as the request's ``{"name", "weight"}``."""
+    from dreamforge.errors import InvalidRequest
+
+    name, _, weight = text.rpartition(":") if ":" in text else (text, "", "")
+    try:
+        return {"name": name, "weight": float(weight) if weight else 1.0}
+    except ValueError:
+        raise InvalidRequest(f"--lora takes NAME or NAME:WEIGHT, not {inert(text, 80)!r}") from None
+
+
+def _input_ref(service: JobService | RemoteService, given: str, flag: str) -> object:
+    """A file (uploaded now through the service, which answers with its id) or JOB_ID[:ITEM]."""
+    from dreamforge.errors import InvalidRequest
+    from dreamforge.status import is_job_id
+
+    job_id, _, item = given.partition(":")
+    if is_job_id(job_id) and not Path(given).exists():
+        if item and not item.isdigit():
+            raise InvalidRequest(f"{flag} takes PATH or JOB_ID[:ITEM], not {inert(given, 80)!r}")
+        return {"job_id": job_id, "item": int(item or 0)}
+    path = Path(given)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"{flag} {inert(given, 200)}: {exc.strerror or exc}") from None
+    return service.upload_image(data).sha256
+
+
 @app.command()
 @handle_errors
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
     negative_prompt: Annotated[str | None, typer.Option(help="What to keep out.")] = None,
-    width: Annotated[int, typer.Option(help="64–2048, a multiple of 8.")] = 1024,
-    height: Annotated[int, typer.Option(help="64–2048, a multiple of 8.")] = 1024,
+    width: Annotated[int | None, typer.Option(
+        help="64–2048, a multiple of 8 (default 1024; with --init-image, the image's).")] = None,
+    height: Annotated[int | None, typer.Option(
+        help="64–2048, a multiple of 8 (default 1024; with --init-image, the image's).")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps, 1–150.")] = 30,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance, 0–30.")] = 7.0,
     seed: Annotated[int | None, typer.Option(help="0–4294967295; drawn at random if unset.")] = None,
@@ -148,6 +179,16 @@ def generate(
     scheduler: Annotated[str | None, typer.Option(
         help="euler, euler_a, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde_karras, ddim or unipc; "
              "unset: the checkpoint's own.")] = None,
+    init_image: Annotated[str | None, typer.Option(
+        "--init-image", metavar="PATH|JOB_ID[:ITEM]",
+        help="Start from this image (img2img): a file, uploaded first, or an earlier job's image.")] = None,
+    mask_image: Annotated[str | None, typer.Option(
+        "--mask-image", metavar="PATH|JOB_ID[:ITEM]",
+        help="With --init-image: repaint where this mask is white (inpaint).")] = None,
+    strength: Annotated[float | None, typer.Option(
+        help="With --init-image: 0–1, how far from the image to go (default 0.75; 1.0 inpainting).")] = None,
+    lora: Annotated[list[str] | None, typer.Option(
+        "--lora", metavar="NAME[:WEIGHT]", help="A registered LoRA at a weight (default 1); up to 4.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Copy the image here (implies --wait); with --count, NAME-0.png, "
@@ -166,15 +207,28 @@ def generate(
     --cancel-on-interrupt."""
     from dreamforge.schemas import parse_request
 
-    request = parse_request({"prompt": prompt, "negative_prompt": negative_prompt, "width": width,
-                             "height": height, "steps": steps, "guidance": guidance, "seed": seed,
-                             "format": fmt, "count": count, "scheduler": scheduler, "model": model,
-                             **({"webhook": webhook} if webhook is not None else {}),
-                             **({"webhook_events": webhook_event} if webhook_event else {})})
+    fields: dict[str, object] = {
+              "prompt": prompt, "negative_prompt": negative_prompt, "steps": steps, "guidance": guidance,
+              "seed": seed, "format": fmt, "count": count, "scheduler": scheduler, "model": model,
+              **{name: value for name, value in (("width", width), ("height", height), ("strength", strength),
+                                                 ("webhook", webhook)) if value is not None},
+              **({"webhook_events": webhook_event} if webhook_event else {}),
+              **({"loras": [_lora_option(text) for text in lora]} if lora else {})}
+    if mask_image is not None and init_image is None:
+        fail("--mask-image needs --init-image (the image to repaint)", EXIT_USAGE)
+    if init_image is not None:
+        fields["type"] = "inpaint" if mask_image is not None else "img2img"
+    # Every flag checked before any upload (an upload id's shape standing in for the inputs).
+    parse_request({**fields, **{name: "0" * 64 for name, given in (("init_image", init_image),
+                                                                   ("mask_image", mask_image)) if given}})
     if output is not None and output.is_dir():
         fail(f"-o wants a file name, and {output} is a folder", EXIT_USAGE)
     settings = load_settings()
     service = open_service(settings)
+    for name, given in (("init_image", init_image), ("mask_image", mask_image)):
+        if given is not None:
+            fields[name] = _input_ref(service, given, f"--{name.replace('_', '-')}")
+    request = parse_request(fields)
     view = service.submit(request).view
     if not (wait or output):
         if as_json:

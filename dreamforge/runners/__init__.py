@@ -29,6 +29,16 @@ class ModelChoice:
 
 
 @dataclass(frozen=True)
+class LoraChoice:
+    """A registered LoRA a job applies, at ``weight``."""
+
+    name: str
+    path: str
+    sha256: str | None
+    weight: float
+
+
+@dataclass(frozen=True)
 class Generation:
     """What a runner makes: ``count`` images, item i seeded ``item_seed(seed, i)``."""
 
@@ -44,6 +54,39 @@ class Generation:
     scheduler: str | None = None
     # None: the model the settings name (DF_GENERATE_MODEL_PATH, ...).
     model: ModelChoice | None = None
+    # generate, img2img or inpaint. The input images are their encoded bytes (they pickle to the
+    # runner's child as they are), decoded by the runner.
+    mode: str = "generate"
+    init_image: bytes | None = field(default=None, repr=False)
+    mask_image: bytes | None = field(default=None, repr=False)
+    strength: float | None = None
+    loras: tuple[LoraChoice, ...] = ()
+
+    def denoising_steps(self) -> int:
+        """The steps each item runs: int(steps * strength) for img2img and inpaint."""
+        from dreamforge.schemas import denoising_steps
+
+        return denoising_steps(self.steps, None if self.mode == "generate" else self.strength)
+
+    def input_images(self) -> tuple[Image.Image | None, Image.Image | None]:
+        """The init image (RGB) and mask (L, white: repaint), at the job's size."""
+        import io
+
+        from PIL import Image
+
+        size = (self.width, self.height)
+        init = mask = None
+        if self.init_image is not None:
+            with Image.open(io.BytesIO(self.init_image)) as img:
+                init = img.convert("RGB")
+            if init.size != size:
+                init = init.resize(size, Image.Resampling.LANCZOS)
+        if self.mask_image is not None:
+            with Image.open(io.BytesIO(self.mask_image)) as img:
+                mask = img.convert("L")
+            if mask.size != size:
+                mask = mask.resize(size, Image.Resampling.NEAREST)
+        return init, mask
 
     def seeds(self) -> list[int]:
         from dreamforge.schemas import item_seed
@@ -73,7 +116,7 @@ class GeneratedBatch:
 
 class Runner(Protocol):
     """All of a Generation's items per call. ``on_progress(current, total)`` counts item-steps
-    (``count * steps`` in all) and is called after every step; failures raise RunnerError with the
+    (``count * denoising_steps()`` in all) and is called after every step; failures raise RunnerError with the
     job's error code."""
 
     name: str

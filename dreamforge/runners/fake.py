@@ -51,17 +51,25 @@ class FakeRunner:
         pass
 
     def generate(self, request: Generation, on_progress: ProgressCallback) -> GeneratedBatch:
-        total = request.count * request.steps
+        steps = request.denoising_steps()
+        total = request.count * steps
         if self.failure:
             self._fail_on_demand(on_progress, total)
+        init, mask = request.input_images()
         images = []
         for item, seed in enumerate(request.seeds()):
-            done = item * request.steps
+            done = item * steps
 
             def on_step(step: int, done: int = done) -> None:
                 on_progress(done + step, total)
 
-            images.append(GeneratedImage(self._draw(request, seed, on_step), seed))
+            picture = self._draw(request, seed, on_step, steps)
+            if init is not None and mask is not None:
+                # Inpainting: its picture where the mask is white, the input's own pixels where black.
+                picture = Image.composite(picture, init, mask)
+            elif init is not None:
+                picture = Image.blend(init, picture, request.strength or 0.0)
+            images.append(GeneratedImage(picture, seed))
         model = ({"name": request.model.name, "sha256": request.model.sha256} if request.model
                  else {"name": "fake", "sha256": None})
         record: dict[str, Any] = {"runner": self.name, "model": model,
@@ -70,15 +78,16 @@ class FakeRunner:
                   "batches": [1] * request.count}
         return GeneratedBatch(images, record=record)
 
-    def _draw(self, request: Generation, seed: int, on_step: Callable[[int], None]) -> Image.Image:
+    def _draw(self, request: Generation, seed: int, on_step: Callable[[int], None], steps: int) -> Image.Image:
         # The scheduler joins the digest only when one is named, so pictures made before there
         # were schedulers are made again the same.
         # The scheduler and a registered model join the digest only when named, so pictures made
         # before there were either are made again the same.
         scheduler = f"\0{request.scheduler}" if request.scheduler else ""
         model = f"\0model={request.model.sha256 or request.model.name}" if request.model else ""
+        loras = "".join(f"\0lora={lora.sha256 or lora.name}:{lora.weight!r}" for lora in request.loras)
         digest = hashlib.sha256(
-            f"{request.prompt}\0{request.negative_prompt or ''}\0{seed}{scheduler}{model}".encode()).digest()
+            f"{request.prompt}\0{request.negative_prompt or ''}\0{seed}{scheduler}{model}{loras}".encode()).digest()
         rng = random.Random(digest)  # noqa: S311 (pictures, not secrets)
         w, h = request.width, request.height
         top = tuple(rng.randrange(256) for _ in range(3))
@@ -86,8 +95,8 @@ class FakeRunner:
         mask = Image.linear_gradient("L").resize((w, h))
         image = Image.composite(Image.new("RGB", (w, h), bottom), Image.new("RGB", (w, h), top), mask)
         draw = ImageDraw.Draw(image)
-        shapes = max(1, request.steps)
-        for step in range(1, request.steps + 1):
+        shapes = max(1, steps)
+        for step in range(1, steps + 1):
             # One shape per denoising step, so the work (and the picture) follows the step count.
             for _ in range(max(1, 24 // shapes)):
                 x, y = rng.randrange(w), rng.randrange(h)

@@ -17,7 +17,7 @@ from typing import Any
 
 from dreamforge import schedulers
 from dreamforge.errors import RunnerError
-from dreamforge.runners import GeneratedBatch, GeneratedImage, Generation, ModelChoice
+from dreamforge.runners import GeneratedBatch, GeneratedImage, Generation, LoraChoice, ModelChoice
 from dreamforge.runners.model_config import sdxl_config_dir, use_open_clip_padding
 from dreamforge.settings import Settings
 
@@ -112,6 +112,10 @@ class SDXL:
         self.base_scheduler: dict[str, Any] = {}
         # The most items one call made at each size without running out of memory.
         self._fits: dict[tuple[int, int], int] = {}
+        # img2img and inpaint pipelines, built from the loaded one's components (one model in memory).
+        self._derived: dict[str, Any] = {}
+        # The LoRAs loaded into the model now: adapter name → the file's sha256.
+        self._loras: dict[str, str | None] = {}
 
     def describe(self) -> str:
         return f"{self.path} on {self.device} ({str(self.dtype).replace('torch.', '')})"
@@ -158,6 +162,54 @@ class SDXL:
         # so switching schedulers never reloads the model and no job's choice leaks into the next.
         self.base_scheduler = {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}
         self._fits.clear()
+        self._derived.clear()
+        self._loras.clear()
+
+    def pipeline(self, mode: str) -> Any:
+        """The pipeline for a job type: the loaded text-to-image one, or the image-to-image or
+        inpainting one Diffusers' ``from_pipe`` builds from its very components (no copy of
+        the weights), kept for the next job."""
+        if mode == "generate":
+            return self.pipe
+        if mode not in self._derived:
+            from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+
+            kind = {"img2img": StableDiffusionXLImg2ImgPipeline, "inpaint": StableDiffusionXLInpaintPipeline}[mode]
+            derived = kind.from_pipe(self.pipe)
+            derived.set_progress_bar_config(disable=True)
+            self._derived[mode] = derived
+        return self._derived[mode]
+
+    def apply_loras(self, loras: tuple[LoraChoice, ...]) -> None:
+        """Make the model carry exactly these LoRAs at their weights. A LoRA stays loaded while
+        the jobs that follow use it (only its weight is set again); when a job uses none, every
+        LoRA layer is taken out, so the model is the checkpoint's again, bit for bit."""
+        wanted = {adapter_name(lora): lora for lora in loras}
+        if not wanted and not self._loras:
+            return
+        if loras and self.settings.compile:
+            raise RunnerError("LoRAs need the eager UNet: DF_COMPILE=1 fuses the attention projections "
+                              "they adapt; unset DF_COMPILE to use LoRAs", code="lora_unsupported")
+        pipe = self.pipe
+        if not wanted:
+            pipe.unload_lora_weights()
+            self._loras.clear()
+            return
+        stale = [name for name, sha in self._loras.items() if name not in wanted or wanted[name].sha256 != sha]
+        if stale:
+            pipe.delete_adapters(stale)
+            for name in stale:
+                del self._loras[name]
+        for name, lora in wanted.items():
+            if name in self._loras:
+                continue
+            try:
+                pipe.load_lora_weights(lora.path, adapter_name=name)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise RunnerError(f"could not load the LoRA {lora.name}: {type(exc).__name__}: {str(exc)[:300]}",
+                                  code="lora_invalid", details={"lora": lora.name}) from None
+            self._loras[name] = lora.sha256
+        pipe.set_adapters(list(wanted), adapter_weights=[lora.weight for lora in wanted.values()])
 
     def _load_fixed_vae(self, pipe: Any) -> None:
         from diffusers import AutoencoderKL
@@ -217,8 +269,12 @@ class SDXL:
         import torch
 
         seeds = request.seeds()
-        steps, count = request.steps, request.count
+        # img2img and inpaint run the last int(steps * strength) steps of the schedule.
+        steps, count = request.denoising_steps(), request.count
         total = steps * count
+        self.apply_loras(request.loras)
+        pipe = self.pipeline(request.mode)
+        init, mask = request.input_images()
         cuda = self.device.startswith("cuda")
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)  # the peak of this job, not the process's
@@ -238,7 +294,7 @@ class SDXL:
                 on_step(done + step * n, total)
 
             try:
-                pixels = self._call(request, chunk, scheduler, progress)
+                pixels = self._call(pipe, request, chunk, scheduler, progress, init, mask)
             except torch.OutOfMemoryError:
                 gc.collect()
                 if cuda:
@@ -256,7 +312,11 @@ class SDXL:
             if not np_isfinite(pixels):
                 raise RunnerError("the model produced NaN or infinite values (in float16 this is usually "
                                   "the SDXL VAE overflowing); no image was stored", code="non_finite_output")
-            for offset, image in enumerate(self.pipe.numpy_to_pil(pixels)):
+            for offset, image in enumerate(pipe.numpy_to_pil(pixels)):
+                if mask is not None and init is not None:
+                    # Outside the mask, the input's own pixels, exactly: what Diffusers does with
+                    # padding_mask_crop, for the whole image (the VAE's round trip changes them).
+                    image = pipe.image_processor.apply_overlay(mask, init, image)
                 images.append(GeneratedImage(image, chunk[offset]))
             batches.append(size)
         gpu = None
@@ -269,8 +329,8 @@ class SDXL:
                   "batches": batches, **({"splits": splits} if splits else {})}
         return GeneratedBatch(images, model_s=time.perf_counter() - started, gpu_memory=gpu, record=record)
 
-    def _call(self, request: Generation, seeds: list[int], scheduler: Any,
-              on_step: Callable[[int], None]) -> Any:
+    def _call(self, pipe: Any, request: Generation, seeds: list[int], scheduler: Any,
+              on_step: Callable[[int], None], init: Any = None, mask: Any = None) -> Any:
         """One pipeline call for these items; their pixels (n, h, w, 3) in [0, 1]."""
         import torch
 
@@ -281,14 +341,25 @@ class SDXL:
         # One CPU generator per item: the same starting noise on every device, and item i's
         # noise the same whether it is made alone or in a batch.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        self.pipe.scheduler = scheduler
+        pipe.scheduler = scheduler
+        size: dict[str, Any] = {"width": request.width, "height": request.height}
+        if request.mode == "img2img":
+            size = {"image": init, "strength": request.strength}  # the image's size (resized to the job's)
+        elif request.mode == "inpaint":
+            size |= {"image": init, "mask_image": mask, "strength": request.strength}
         with torch.inference_mode():
-            result = self.pipe(
+            result = pipe(
                 prompt=request.prompt, negative_prompt=request.negative_prompt,
-                num_images_per_prompt=len(seeds), width=request.width, height=request.height,
-                num_inference_steps=request.steps, guidance_scale=request.guidance,
-                generator=generators, output_type="np", callback_on_step_end=step_end)
+                num_images_per_prompt=len(seeds), num_inference_steps=request.steps,
+                guidance_scale=request.guidance, generator=generators, output_type="np",
+                callback_on_step_end=step_end, **size)
         return result.images
+
+
+def adapter_name(lora: LoraChoice) -> str:
+    """The adapter a LoRA is loaded as: PEFT names modules after it, so no dots; from its
+    registered name, so two names never share one."""
+    return "lora_" + hashlib.sha256(lora.name.encode()).hexdigest()[:16]
 
 
 def np_isfinite(pixels: Any) -> bool:
