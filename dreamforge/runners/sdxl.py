@@ -206,6 +206,9 @@ class SDXL:
             try:
                 pipe.load_lora_weights(lora.path, adapter_name=name)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                # Whatever it left half loaded goes with the rest: the next job starts clean.
+                pipe.unload_lora_weights()
+                self._loras.clear()
                 raise RunnerError(f"could not load the LoRA {lora.name}: {type(exc).__name__}: {str(exc)[:300]}",
                                   code="lora_invalid", details={"lora": lora.name}) from None
             self._loras[name] = lora.sha256
