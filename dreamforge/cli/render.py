@@ -282,7 +282,7 @@ def job_details(view: JobView) -> None:
         ("negative prompt", p.get("negative_prompt")),
         ("size", f"{p['width']}x{p['height']}"),
         ("steps", f"{current}/{total}" if p.get("count", 1) == 1 else
-         f"{current}/{total} ({p['count']} images x {p['steps']} steps)"),
+         f"{current}/{total} ({p['count']} images x {total // max(1, p['count'])} steps)"),
         ("guidance", p["guidance"]), ("seed", seed), ("count", p.get("count", 1)),
         ("scheduler", p.get("scheduler") or "the checkpoint's own"),
         ("format", p["format"]), ("attempts", view.attempts),
@@ -291,6 +291,14 @@ def job_details(view: JobView) -> None:
         ("started", view.started_at.isoformat() if view.started_at else None),
         ("finished", view.finished_at.isoformat() if view.finished_at else None),
     ]
+    inputs = p.get("inputs") or {}
+    if inputs:  # img2img and inpaint
+        lines.insert(1, ("type", view.type))
+        lines.append(("strength", p.get("strength")))
+        lines.extend((name.replace("_", " "), f"{image.get('sha256')} ({image.get('width')}x{image.get('height')})")
+                     for name, image in inputs.items())
+    for lora in p.get("loras") or []:
+        lines.append(("lora", f"{lora.get('name')} at {lora.get('weight')}"))
     if view.retry_of:
         lines.append(("retry of", view.retry_of))
     if view.rerun_of:
