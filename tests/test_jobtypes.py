@@ -200,6 +200,8 @@ def test_cli_img2img_from_a_file_and_from_a_job(df_env, tmp_path: Path):
     assert again.exit_code == 0, again.output
     view = json.loads(again.stdout)
     assert view["type"] == "inpaint" and view["params"]["init_image"] == {"job_id": job.id, "item": 0}
+    by_id = cli.invoke(app, ["generate", "x", "--init-image", view["params"]["mask_image"], "--json"])
+    assert by_id.exit_code == 0 and json.loads(by_id.stdout)["type"] == "img2img", by_id.output
     for args, says in [(["--init-image", str(tmp_path / "missing.png")], "missing.png"),
                        (["--lora", "nope"], "nope"), (["--lora", "a:lot"], "--lora"),
                        (["--strength", "0.5"], "strength")]:

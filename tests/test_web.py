@@ -325,6 +325,32 @@ def test_a_batch_shows_every_image_its_seed_and_the_sampler(page, server) -> Non
 
 
 @BROWSER
+def test_start_from_a_job_image_and_from_a_chosen_file(page, server, tmp_path: Path) -> None:
+    import hashlib
+
+    from PIL import Image
+
+    job_id = submit(page, "a barn", steps=2, size=64)
+    wait(page, lambda d: thumbnail_shown(d, job_id))
+    open_job(page, job_id)
+    page.find_element("id", "job-start").click()
+    wait(page, lambda d: d.find_element("id", "start").is_displayed())
+    assert job_id[:8] in page.find_element("id", "start").text
+    assert page.find_element("id", "f-prompt").get_attribute("value") == "a barn"
+    from_job = httpx.get(f"{server.url}/v1/jobs/{submit(page, 'a barn at night', steps=4, size=64)}").json()
+    assert from_job["type"] == "img2img" and from_job["params"]["init_image"] == {"job_id": job_id, "item": 0}
+
+    path = tmp_path / "dropped.png"
+    Image.new("RGB", (96, 72), (9, 90, 9)).save(path)
+    page.find_element("id", "f-image").send_keys(str(path))
+    wait(page, lambda d: "dropped.png (96 × 72)" in d.find_element("id", "start").text)
+    from_file = httpx.get(f"{server.url}/v1/jobs/{submit(page, 'a green field', steps=4, size=64)}").json()
+    assert from_file["params"]["init_image"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    page.find_element("id", "start-clear").click()
+    assert not page.find_element("id", "start").is_displayed()
+
+
+@BROWSER
 def test_screenshots(page, server, tmp_path: Path) -> None:
     """The gallery and a job page at desktop and phone widths, light and dark."""
     for n in range(3):

@@ -142,10 +142,15 @@ def _lora_option(text: str) -> dict[str, object]:
 
 
 def _input_ref(service: JobService | RemoteService, given: str, flag: str) -> object:
-    """A file (uploaded now through the service, which answers with its id) or JOB_ID[:ITEM]."""
+    """A file (uploaded now through the service, which answers with its id), JOB_ID[:ITEM], or
+    an upload's id (df uploads add)."""
+    import re
+
     from dreamforge.errors import InvalidRequest
     from dreamforge.status import is_job_id
 
+    if re.fullmatch(r"[0-9a-f]{64}", given) and not Path(given).exists():
+        return given
     job_id, _, item = given.partition(":")
     if is_job_id(job_id) and not Path(given).exists():
         if item and not item.isdigit():
@@ -181,7 +186,8 @@ def generate(
              "unset: the checkpoint's own.")] = None,
     init_image: Annotated[str | None, typer.Option(
         "--init-image", metavar="PATH|JOB_ID[:ITEM]",
-        help="Start from this image (img2img): a file, uploaded first, or an earlier job's image.")] = None,
+        help="Start from this image (img2img): a file, uploaded first, an earlier job's image, or an "
+             "upload's id.")] = None,
     mask_image: Annotated[str | None, typer.Option(
         "--mask-image", metavar="PATH|JOB_ID[:ITEM]",
         help="With --init-image: repaint where this mask is white (inpaint).")] = None,

@@ -290,7 +290,8 @@ async function cancelJob(id, button) {
 
 const form = $("submit-form");
 const FIELDS = ["prompt", "negative_prompt", "width", "height", "steps", "guidance", "seed", "count", "scheduler",
-  "format"];
+  "format", "strength"];
+let startImage = null;  // the image the next job starts from (img2img): an upload id or {job_id, item}
 const RULES = {
   prompt: "prompt is required (at most 2000 characters)",
   width: "width must be 64-2048 and a multiple of 8",
@@ -325,9 +326,43 @@ function clearErrors() {
   $("e-form").textContent = "";
 }
 
+function setStart(ref, label) {
+  startImage = ref;
+  $("start").hidden = !ref;
+  for (const node of form.querySelectorAll("[data-start]")) node.hidden = !ref;
+  $("start-what").textContent = label || "";
+  if (!ref) $("f-image").value = "";
+}
+
+async function uploadImage(file) {
+  const r = await fetch("/v1/uploads", { method: "POST", body: file,
+    headers: headers({ "Content-Type": file.type || "application/octet-stream", Accept: "application/json" }) });
+  const body = await r.json().catch(() => null);
+  if (!r.ok) throw new ApiError(r.status, body);
+  return body;
+}
+
+async function startFromFile(file) {
+  clearErrors();
+  try {
+    const up = await uploadImage(file);
+    setStart(up.id, `${file.name} (${up.width} × ${up.height})`);
+  } catch (e) {
+    setStart(null);
+    showError(null, e.message);
+  }
+}
+
 function readForm() {
   const f = form.elements;
   const [w, h] = custom() ? [f.width.value, f.height.value] : f.size.value.split("x");
+  // From an image: the image's size, unless a custom size is asked for.
+  if (startImage) return { ...readFields(f, w, h), type: "img2img", init_image: startImage,
+    strength: Number(f.strength.value), ...(custom() ? {} : { width: undefined, height: undefined }) };
+  return readFields(f, w, h);
+}
+
+function readFields(f, w, h) {
   return {
     type: "generate",
     prompt: f.prompt.value,
@@ -387,6 +422,14 @@ form.elements.size.addEventListener("change", () => {
   form.elements.height.value ||= h;
 });
 
+$("f-image").addEventListener("change", (e) => e.target.files[0] && startFromFile(e.target.files[0]));
+$("start-clear").addEventListener("click", () => setStart(null));
+form.addEventListener("dragover", (e) => e.preventDefault());
+form.addEventListener("drop", (e) => {
+  e.preventDefault();
+  if (e.dataTransfer.files[0]) startFromFile(e.dataTransfer.files[0]);
+});
+
 $("more").addEventListener("click", () => loadPage().catch((e) => toast(e.message)));
 
 // ---------- one job ----------
@@ -396,7 +439,7 @@ function sq(s) {
 }
 
 function requestOf(params, keepSeed) {
-  const body = { ...params };
+  const { inputs, ...body } = params;  // what submit resolved is not part of a request
   if (!keepSeed) body.seed = null;
   return body;
 }
@@ -408,12 +451,16 @@ function dfCommand(p) {
   if (p.seed !== null && p.seed !== undefined) parts.push("--seed", p.seed);
   if (p.count > 1) parts.push("--count", p.count);
   if (p.scheduler) parts.push("--scheduler", p.scheduler);
+  const ref = (r) => (typeof r === "string" ? r : `${r.job_id}:${r.item || 0}`);
+  if (p.init_image) parts.push("--init-image", ref(p.init_image), "--strength", p.strength);
+  if (p.mask_image) parts.push("--mask-image", ref(p.mask_image));
+  for (const l of p.loras || []) parts.push("--lora", sq(`${l.name}:${l.weight}`));
   parts.push("--format", p.format, "--wait");
   return parts.join(" ");
 }
 
 function curlCommand(p) {
-  const body = Object.fromEntries(Object.entries(p).filter(([, v]) => v !== null));
+  const body = Object.fromEntries(Object.entries(p).filter(([k, v]) => v !== null && k !== "inputs"));
   const auth = needsToken ? ` -H "Authorization: Bearer $DF_API_TOKEN"` : "";
   return `curl -sS ${location.origin}/v1/jobs -H 'Content-Type: application/json'${auth} -d ${sq(JSON.stringify(body))}`;
 }
@@ -444,6 +491,7 @@ function renderJob(job) {
   $("job-cancel").hidden = !ACTIVE.has(job.status);
   $("job-retry").hidden = !(job.status === "failed" || job.status === "canceled");
   const art = job.artifacts[0];
+  $("job-start").hidden = !art;
   const rec = job.record || {};
   fillList($("job-params"), [["prompt", p.prompt], ["negative prompt", p.negative_prompt],
     ["size", `${p.width} × ${p.height}`], ["steps", p.steps], ["guidance", p.guidance],
@@ -572,6 +620,17 @@ async function submitFrom(keepSeed) {
 }
 
 $("job-again").addEventListener("click", () => submitFrom(true));
+$("job-start").addEventListener("click", () => {
+  const { id, params: p } = open.job;
+  const f = form.elements;
+  f.prompt.value = p.prompt;
+  f.negative_prompt.value = p.negative_prompt || "";
+  for (const name of ["steps", "guidance", "format"]) f[name].value = p[name];
+  f.scheduler.value = p.scheduler || "";
+  setStart({ job_id: id, item: 0 }, `job ${id.slice(0, 8)}, image 1`);
+  location.hash = "#/";
+  f.prompt.focus();
+});
 $("job-vary").addEventListener("click", () => submitFrom(false));
 $("job-cancel").addEventListener("click", async () => {
   const job = await cancelJob(open.job.id, $("job-cancel"));
