@@ -171,6 +171,25 @@ def test_worker_generates_with_the_diffusers_folder(warm):
     assert warm.children_ready() == max(ready, 1) and "SDXL child" in warm.worker.log()
 
 
+@ONE_WORKER
+def test_an_inpaint_job_runs_in_the_warm_child(warm):
+    """The input images travel to the child as bytes with the Generation; the child builds the
+    inpainting pipeline from the loaded one and keeps the pixels outside the mask."""
+    source, mask = Image.new("RGB", (64, 64), (30, 140, 200)), Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))
+    ids = []
+    for image in (source, mask):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        ids.append(warm.svc.upload_image(buf.getvalue()).sha256)
+    view = warm.run({"type": "inpaint", "prompt": "a red barn", "init_image": ids[0], "mask_image": ids[1],
+                     "steps": 2, "seed": 3})
+    assert view.status.value == "succeeded", view.error
+    out = Image.open(io.BytesIO(warm.svc.artifact_bytes(view.artifacts[0].s3_key))).convert("RGB")
+    assert "/inpaint/" in view.artifacts[0].s3_key and out.size == (64, 64)
+    assert out.crop((0, 0, 32, 64)).tobytes() == source.crop((0, 0, 32, 64)).tobytes()
+
+
 def test_single_file_checkpoint_gives_the_same_image(tiny_model, tmp_path):
     """The same image from the single file (with the folder's configs) as from the folder. The
     weights are equal (test_single_file_round_trip); the converted tensors' memory layouts are
