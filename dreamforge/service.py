@@ -275,8 +275,15 @@ class JobService:
         """Queue a model download (a job of type ``download``), after the checks that need no
         network: the URL's scheme, the name (made from the URL when absent) free, no credential
         in the URL (the job keeps its URL; a hub's token belongs in DF_MODELS_DOWNLOAD_TOKEN)."""
+        from urllib.parse import urlsplit
+
         from dreamforge.registry.records import has_credentials
 
+        try:
+            urlsplit(request.source)
+        except ValueError as exc:  # e.g. an unclosed [ in the host: "Invalid IPv6 URL"
+            raise InvalidRequest(f"source is not a URL that can be read: {exc}",
+                                 details=[{"field": "source", "message": str(exc)}]) from None
         if has_credentials(request.source):
             raise InvalidRequest("the URL carries a credential (a password or a token parameter), which the "
                                  "job would keep: set DF_MODELS_DOWNLOAD_TOKEN on the workers instead",
@@ -346,6 +353,10 @@ class JobService:
         whose seed is not drawn yet (still queued) has nothing recorded to repeat: JobStateError,
         unless ``new_seed``."""
         job = self.job_store.job(job_id)
+        if job["type"] == "download":
+            raise JobStateError(f"job {job_id} is a model download, which has no images to make again "
+                                "(POST /v1/models downloads again)", code="job_not_rerunnable",
+                                details={"type": "download"})
         params = dict(job["params"])
         if new_seed:
             params["seed"] = None

@@ -207,3 +207,14 @@ def test_cli_img2img_from_a_file_and_from_a_job(df_env, tmp_path: Path):
                        (["--strength", "0.5"], "strength")]:
         bad = cli.invoke(app, ["generate", "x", *args])
         assert bad.exit_code != 0 and says in bad.output, bad.output
+
+
+def test_a_download_is_not_rerun_and_an_unreadable_source_is_422(df_env):
+    """Two 500s schemathesis found: a rerun of a model download, a source urlsplit can't read."""
+    with TestClient(create_app(Settings())) as api:
+        bad = api.post("/v1/models", json={"source": "https://[::1/model.safetensors"})
+        assert bad.status_code == 422, bad.text
+        download = api.post("/v1/models", json={"source": "https://example.com/sdxl.safetensors"})
+        assert download.status_code == 202, download.text
+        rerun = api.post(f"/v1/jobs/{download.json()['id']}/rerun", json={"new_seed": True})
+        assert rerun.status_code == 409 and rerun.json()["error"]["code"] == "job_not_rerunnable"
