@@ -19,11 +19,18 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-from dreamforge import imaging, metrics
+from dreamforge import __version__, imaging, metrics
 from dreamforge.artifact_store import CONTENT_TYPES, artifact_key
-from dreamforge.errors import BackendUnavailable, DreamForgeError, RunnerError, StorageError
+from dreamforge.errors import (
+    BackendUnavailable,
+    DreamForgeError,
+    ModelNotFound,
+    ModelRejected,
+    RunnerError,
+    StorageError,
+)
 from dreamforge.moves import Fence, JobFailure
-from dreamforge.runners import Generation, Runner
+from dreamforge.runners import GeneratedImage, Generation, ModelChoice, Runner
 from dreamforge.schemas import MAX_SEED, GenerateRequest
 from dreamforge.service import JobService
 from dreamforge.spool import Spool
@@ -35,6 +42,14 @@ T = TypeVar("T")
 # A 150-step job on a fast GPU would otherwise write 30 progress rows a second.
 PROGRESS_EVERY_S = 0.25
 CANCEL_CHECK_S = 0.1
+
+
+def run_record(runner_record: dict[str, Any], generation: Generation) -> dict[str, Any]:
+    """The job's record: what the runner knows of the run (model, scheduler, dtype, device,
+    library versions, batches), the DreamForge version and every item's seed. Nothing that
+    changes from one run to the next on the same machine and model, so it can go into the images
+    and a rerun still writes the same bytes."""
+    return {**runner_record, "dreamforge": __version__, "seeds": generation.seeds()}
 
 
 class LostJob(Exception):
@@ -159,7 +174,8 @@ class Executor:
                 raise LostJob(fence.job_id)
             request = GenerateRequest.model_validate(params)
         generation = Generation(**{k: v for k, v in request.model_dump().items()
-                                   if k in Generation.__dataclass_fields__})
+                                   if k in Generation.__dataclass_fields__ and k != "model"},
+                                model=self._model_choice(request.model))
 
         written = checked = 0.0
         recorded = -1
@@ -189,32 +205,53 @@ class Executor:
                 raise LostJob(fence.job_id)
 
         t0 = time.perf_counter()
-        result = self.runner.generate(generation, on_progress)
+        batch = self.runner.generate(generation, on_progress)
         t1 = time.perf_counter()
-        data = imaging.encode(result.image, request.format, {**asdict(generation),
-                                                             "format": request.format,
-                                                             "runner": self.runner.name})
-        digest = hashlib.sha256(data).hexdigest()
-        t2 = time.perf_counter()
-        key = self._begin_upload(fence, result, request.format)
-        artifact = {"item_index": 0, "seed": result.seed, "width": result.image.width,
-                    "height": result.image.height, "format": request.format, "s3_key": key,
-                    "size_bytes": len(data), "sha256": digest}
+        record = run_record(batch.record, generation)
+        meta = {**asdict(generation), "format": request.format}
+        stored: list[dict[str, Any]] = []
+        unstored: list[tuple[dict[str, Any], StorageError, bool]] = []
+        encode_s = store_s = 0.0
         try:
-            service.artifact_store.put(key, data, CONTENT_TYPES[request.format], digest)
-        except StorageError as exc:
-            return self._storage_failed(fence, key, data, artifact, exc, jlog)
-        timings = {"generate_s": round(t1 - t0, 4), "encode_s": round(t2 - t1, 4),
-                   "store_s": round(time.perf_counter() - t2, 4)}
-        if result.model_s is not None:
-            timings["model_s"] = round(result.model_s, 4)
+            for item, made in enumerate(batch.images):
+                te = time.perf_counter()
+                data = imaging.encode(made.image, request.format,
+                                      imaging.item_metadata(meta, item, made.seed, self.runner.name, record))
+                ts = time.perf_counter()
+                encode_s += ts - te
+                key = self._begin_upload(fence, item, made, request.format)
+                artifact: dict[str, Any] = {"item_index": item, "seed": made.seed, "width": made.image.width,
+                            "height": made.image.height, "format": request.format, "s3_key": key,
+                            "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                try:
+                    service.artifact_store.put(key, data, CONTENT_TYPES[request.format],
+                                               str(artifact["sha256"]))
+                    stored.append(artifact)
+                except StorageError as exc:
+                    # The other items may still store (a hiccup, or one image too large for a
+                    # nearly full disk): try them all, and keep this one on the worker.
+                    unstored.append((artifact, exc, self._keep(fence, artifact, data, exc, jlog)))
+                store_s += time.perf_counter() - ts
+        except LostJob:
+            for artifact in stored:
+                self._remove_unconfirmed(artifact["s3_key"], jlog)
+            raise
+        if unstored:
+            return self._storage_failed(fence, stored, unstored, record, jlog)
+        timings = {"generate_s": round(t1 - t0, 4), "encode_s": round(encode_s, 4),
+                   "store_s": round(store_s, 4)}
+        if batch.model_s is not None:
+            timings["model_s"] = round(batch.model_s, 4)
         if not self._patiently(f"[job={fence.job_id}] recording success",
-                               lambda: service.succeed(fence, artifact, timings)):
-            self._remove_unconfirmed(key, jlog)
+                               lambda: service.succeed(fence, stored, timings, record)):
+            for artifact in stored:
+                self._remove_unconfirmed(artifact["s3_key"], jlog)
             raise LostJob(fence.job_id)
-        jlog.info("succeeded: %s (%d bytes)", key, len(data))
-        metrics.succeeded(timings, request.steps, request.format)
-        metrics.gpu_memory(getattr(result, "gpu_memory", None))
+        jlog.info("succeeded: %d image(s), %s (%d bytes)", len(stored), stored[0]["s3_key"],
+                  sum(a["size_bytes"] for a in stored))
+        # Per item-step, as progress counts: a batch's step makes `count` images at once.
+        metrics.succeeded(timings, request.steps * request.count, request.format)
+        metrics.gpu_memory(batch.gpu_memory)
         return "succeeded"
 
     def _download(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | None:
@@ -236,13 +273,28 @@ class Executor:
         metrics.finished("succeeded")
         return "succeeded"
 
-    def _begin_upload(self, fence: Fence, result: Any, fmt: str) -> str:
+    def _model_choice(self, name: str | None) -> ModelChoice | None:
+        """The registered model the job names, or the registry's default; None leaves the runner
+        on the model the settings name. A model removed since the job was queued fails the job."""
+        try:
+            record = self.service.models.resolve(name)
+        except ModelNotFound as exc:
+            raise RunnerError(f"{exc.message} (removed after the job was queued?)",
+                              code="unknown_model") from None
+        except ModelRejected as exc:  # the name was given to a LoRA after the job was queued
+            raise RunnerError(exc.message, code="model_invalid") from None
+        if not record.registered:
+            return None
+        self.service.models.touch(record.name)
+        return ModelChoice(record.name, str(record.location), record.sha256)
+
+    def _begin_upload(self, fence: Fence, item: int, made: GeneratedImage, fmt: str) -> str:
         """Record the key this attempt is about to write (fenced), before writing it. Keys carry
         the second they were made in; one an earlier attempt already used is never reused, so
         sweeping that attempt's leftovers can't remove this one's image."""
         while True:
-            key = artifact_key(fence.job_id, utcnow(), 0, result.image.width, result.image.height,
-                               result.seed, fmt)
+            key = artifact_key(fence.job_id, utcnow(), item, made.image.width, made.image.height,
+                               made.seed, fmt)
             began = self._patiently(f"[job={fence.job_id}] recording the upload",
                                     functools.partial(self.service.begin_upload, fence, key))
             if began is False:
@@ -257,35 +309,67 @@ class Executor:
         except StorageError as exc:
             jlog.warning("could not remove %s (the upload sweep will): %s", key, exc.message)
 
-    def _storage_failed(self, fence: Fence, key: str, data: bytes, artifact: dict[str, Any],
-                        exc: StorageError, jlog: JobLogger) -> str | None:
-        """The image exists only in this process now: keep it on local disk before failing. The
-        job's record says what happened without naming the server's paths or endpoints; the
-        worker's log has those."""
+    def _keep(self, fence: Fence, artifact: dict[str, Any], data: bytes, exc: StorageError,
+              jlog: JobLogger) -> bool:
+        """The image exists only in this process now: keep it on local disk. True if kept."""
+        key = artifact["s3_key"]
         jlog.error("storing %s failed: %s", key, exc.message)
         try:
-            kept = self.spool.keep(fence.job_id, key, data, CONTENT_TYPES[artifact["format"]],
-                                   artifact)
+            kept = self.spool.keep(fence.job_id, key, data, CONTENT_TYPES[artifact["format"]], artifact)
         except StorageError as spool_exc:
             jlog.error("the image is lost: %s", spool_exc.message)
-            full = (exc.details or {}).get("out_of_space") or (spool_exc.details or {}).get("out_of_space")
-            reason = "the artifact store and the worker's spool are out of disk space" if full \
-                else "the artifact store failed, and so did keeping the image on the worker"
-            failure = JobFailure("storage_error",
-                                 f"{reason}; the image was not kept. Its seed is recorded: run "
-                                 "the job again for the same image", {"kept": False})
-        else:
-            jlog.warning("the image is kept at %s (`df artifacts retry` uploads it)", kept)
-            failure = JobFailure("storage_error",
-                                 f"{exc.message}; the image is kept on the worker and `df artifacts "
-                                 "retry` there uploads it", {**(exc.details or {}), "kept": True})
-        return self._fail(fence, failure, jlog, unwritten_upload=key)
+            if spool_exc.details and spool_exc.details.get("out_of_space"):
+                exc.details = {**(exc.details or {}), "out_of_space": True}
+            return False
+        jlog.warning("the image is kept at %s (`df artifacts retry` uploads it)", kept)
+        return True
 
-    def _fail(self, fence: Fence, failure: JobFailure, jlog: JobLogger,
-              unwritten_upload: str | None = None) -> str | None:
+    def _storage_failed(self, fence: Fence, stored: list[dict[str, Any]],
+                        unstored: list[tuple[dict[str, Any], StorageError, bool]],
+                        record: dict[str, Any], jlog: JobLogger) -> str | None:
+        """Some items did not store. The job fails with storage_error, keeping the items that
+        did (their rows are written with the failure: summary.completed counts them), and says
+        which did not and whether the worker kept them (`df artifacts retry` uploads those and
+        the job succeeds once every item is stored). The record says what happened without
+        naming the server's paths or endpoints; the worker's log has those."""
+        first = unstored[0][1]
+        all_kept = all(kept for _, _, kept in unstored)
+        full = any((exc.details or {}).get("out_of_space") for _, exc, _ in unstored)
+        lost_reason = "the artifact store and the worker's spool are out of disk space" if full \
+            else "the artifact store failed, and so did keeping the image on the worker"
+        details = {**(first.details or {}), "kept": all_kept}
+        if not stored and len(unstored) == 1:  # one image: as before batches
+            message = f"{first.message}; the image is kept on the worker and `df artifacts retry` there " \
+                      "uploads it" if all_kept else \
+                f"{lost_reason}; the image was not kept. Its seed is recorded: run the job again for the same image"
+        else:
+            missing = [a["item_index"] for a, _, _ in unstored]
+            lost = [a["item_index"] for a, _, kept in unstored if not kept]
+            kept = [i for i in missing if i not in lost]
+            details.update(stored=[a["item_index"] for a in stored], not_stored=missing, not_kept=lost)
+            items = ", ".join(map(str, missing))
+            message = (f"item {items} of {len(stored) + len(unstored)} was not stored" if len(missing) == 1 else
+                       f"items {items} of {len(stored) + len(unstored)} were not stored") + f": {first.message}"
+            if kept:
+                message += f"; kept on the worker: item {', '.join(map(str, kept))} (`df artifacts retry` there " \
+                           "uploads it, and the job succeeds once every item is stored)"
+            if lost:
+                message += f"; lost: item {', '.join(map(str, lost))} ({lost_reason}); its seed is recorded: " \
+                           "`df jobs rerun` makes the same images again"
+        failure = JobFailure("storage_error", message, details)
         status = self._patiently(f"[job={fence.job_id}] recording failure",
-                                 lambda: self.service.fail_attempt(
-                                     fence, failure, unwritten_upload=unwritten_upload))
+                                 lambda: self.service.fail_storing(
+                                     fence, failure, stored, [a["s3_key"] for a, _, _ in unstored], record))
+        if status is None:
+            jlog.warning("lost the job to another worker before recording storage_error")
+            return None
+        metrics.finished(status, failure.code)
+        jlog.error("failed: %s: %s", failure.code, failure.message)
+        return status
+
+    def _fail(self, fence: Fence, failure: JobFailure, jlog: JobLogger) -> str | None:
+        status = self._patiently(f"[job={fence.job_id}] recording failure",
+                                 lambda: self.service.fail_attempt(fence, failure))
         if status is not None:
             metrics.finished(status, failure.code)
         if status == "queued":

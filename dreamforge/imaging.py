@@ -14,13 +14,40 @@ EXIF_IMAGE_DESCRIPTION = 0x010E
 
 
 def parameters_text(params: dict[str, Any]) -> str:
-    """The A1111-style "parameters" line other SD tools read."""
+    """The A1111-style "parameters" text other SD tools read, fields in A1111's order. ``params``
+    is one item's metadata (see ``item_metadata``): its own seed, and the job's record."""
+    from dreamforge.schedulers import a1111_fields
+
+    record = params.get("record") or {}
+    model = record.get("model") or {}
+    scheduler = (record.get("scheduler") or {}).get("name") or params.get("scheduler")
     lines = [params["prompt"]]
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
-    lines.append(f"Steps: {params['steps']}, CFG scale: {params['guidance']}, Seed: {params['seed']}, "
-                 f"Size: {params['width']}x{params['height']}")
+    fields: list[tuple[str, Any]] = [("Steps", params["steps"]), *a1111_fields(scheduler),
+                                     ("CFG scale", params["guidance"]), ("Seed", params["seed"]),
+                                     ("Size", f"{params['width']}x{params['height']}")]
+    if model.get("sha256"):
+        fields.append(("Model hash", model["sha256"][:10]))  # A1111's short hash: sha256's first 10
+    if model.get("name"):
+        fields.append(("Model", _field_value(model["name"])))
+    if params.get("count", 1) > 1:
+        fields += [("Batch size", params["count"]), ("Batch pos", params.get("item_index", 0))]
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields))
     return "\n".join(lines)
+
+
+def _field_value(text: str) -> str:
+    """A value A1111's parser reads back whole: quoted when it holds a comma, colon or quote."""
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:"\n') else text
+
+
+def item_metadata(params: dict[str, Any], item: int, seed: int, runner: str,
+                  record: dict[str, Any]) -> dict[str, Any]:
+    """What one image carries about itself: the job's parameters with the item's own seed and
+    index, and the job's record. Nothing about when or where it ran (no job id, no time), so a
+    rerun on the same machine and model writes the same bytes."""
+    return {**params, "seed": seed, "item_index": item, "runner": runner, "record": record}
 
 
 def encode(image: Image.Image, fmt: str, params: dict[str, Any]) -> bytes:

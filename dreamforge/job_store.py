@@ -210,7 +210,8 @@ class JobStore:
     def create(self, params: dict[str, Any], *, correlation_id: str | None = None,
                idempotency_key_hash: str | None = None, request_hash: str | None = None,
                idempotency_ttl_s: float | None = None,
-               retry_of: str | None = None, job_type: str = "generate") -> tuple[dict[str, Any], bool]:
+               retry_of: str | None = None, rerun_of: str | None = None,
+               job_type: str = "generate") -> tuple[dict[str, Any], bool]:
         """Insert a queued job with its step and first event. Returns (job, created), the job in
         the shape ``job()`` returns.
 
@@ -221,13 +222,15 @@ class JobStore:
         job = {"id": job_id, "type": job_type, "status": JobStatus.queued.value,
                "params": params, "idempotency_key_hash": idempotency_key_hash,
                "request_hash": request_hash, "correlation_id": correlation_id, "attempts": 0,
-               "retry_of": retry_of}
+               "retry_of": retry_of, "rerun_of": rerun_of}
+        # Progress counts item-steps: every item of a batch takes every step.
         step = {"job_id": job_id, "name": STEP_NAME if job_type == "generate" else job_type,
                 "status": JobStatus.queued.value,
-                "progress_current": 0, "progress_total": params.get("steps", 0),
+                "progress_current": 0, "progress_total": params.get("steps", 0) * params.get("count", 1),
                 "seed": params.get("seed")}
         expires = self._later(idempotency_ttl_s) if idempotency_key_hash and idempotency_ttl_s else None
-        first_event = {"status": "queued", **({"retry_of": retry_of} if retry_of else {})}
+        first_event = {"status": "queued", **({"retry_of": retry_of} if retry_of else {}),
+                       **({"rerun_of": rerun_of} if rerun_of else {})}
         try:
             with self.write() as conn:
                 now = self._now()
@@ -245,7 +248,7 @@ class JobStore:
             if idempotency_key_hash is None:
                 raise
             return self.job(self._existing_for_key(idempotency_key_hash, request_hash)), False
-        unset = dict.fromkeys(("error_code", "error_message", "error_details", "worker_id",
+        unset = dict.fromkeys(("error_code", "error_message", "error_details", "worker_id", "record",
                                "heartbeat_at", "started_at", "finished_at", "idempotency_expires_at"))
         step_view = {**step, "started_at": None, "finished_at": None}
         created_at = aware(created_at)
@@ -309,6 +312,8 @@ class JobStore:
                               error_details=move.failure.details)
             elif target is JobStatus.succeeded:
                 step_values.update(progress_current=steps.c.progress_total)
+        if move.record is not None:
+            values.update(record=move.record)
         with self.write() as conn:
             row = conn.execute(jobs.update().where(*where).values(**values).returning(
                 jobs.c.params, jobs.c.attempts, jobs.c.correlation_id, jobs.c.worker_id,
@@ -317,14 +322,11 @@ class JobStore:
             if row is None:
                 return None
             conn.execute(steps.update().where(steps.c.job_id == move.job_id).values(**step_values))
-            if move.settles_upload is not None:
-                conn.execute(uploads.delete().where(uploads.c.s3_key == move.settles_upload,
+            if move.settles_uploads:
+                conn.execute(uploads.delete().where(uploads.c.s3_key.in_(move.settles_uploads),
                                                     uploads.c.job_id == move.job_id))
-            if move.artifact is not None:
-                step_id = sa.select(steps.c.id).where(steps.c.job_id == move.job_id) \
-                    .scalar_subquery()
-                conn.execute(artifacts.insert().values(job_id=move.job_id, step_id=step_id,
-                                                       created_at=now, **move.artifact))
+            if move.artifacts:
+                self._insert_artifacts(conn, move.job_id, move.artifacts)
             payload: dict[str, Any] = {"status": target.value}
             if target is RUNNING:
                 payload.update(worker_id=move.claimant, attempt=row["attempts"])
@@ -334,6 +336,27 @@ class JobStore:
                 payload["code"] = move.failure.code
             self._event(conn, move.job_id, "status", {**payload, **move.note}, row["params"])
         return dict(row)
+
+    def _insert_artifacts(self, conn: Connection, job_id: str, rows: Any) -> None:
+        step_id = sa.select(steps.c.id).where(steps.c.job_id == job_id).scalar_subquery()
+        now = self._now()
+        for artifact in rows:
+            conn.execute(artifacts.insert().values(job_id=job_id, step_id=step_id, created_at=now,
+                                                   **artifact))
+
+    def add_recovered_artifacts(self, job_id: str, rows: list[dict[str, Any]]) -> bool:
+        """Artifact rows for spooled images uploaded later, while the job stays failed with
+        storage_error (some of its items are still missing). False if it is not such a job."""
+        with self.write() as conn:
+            if not conn.execute(jobs.update().where(jobs.c.id == job_id,
+                                                    jobs.c.status == JobStatus.failed.value,
+                                                    jobs.c.error_code == "storage_error")
+                                .values(updated_at=self._now())).rowcount:
+                return False
+            self._insert_artifacts(conn, job_id, rows)
+            self._event(conn, job_id, "log", {"message": "spooled images uploaded",
+                                              "items": [r["item_index"] for r in rows]})
+        return True
 
     # -- fenced writes of the holder ------------------------------------------------------------
     def record_seed(self, fence: Fence, params: dict[str, Any]) -> bool:

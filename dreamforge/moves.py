@@ -7,7 +7,7 @@ won, the holder lost it, a reaper took it) simply doesn't happen.
 
     queued ──claim──► running ──succeed──► succeeded
       ▲  │              │ │ │
-      │  │  hand back   │ │ └──fail──► failed ──recover (storage_error only)──► succeeded
+      │  │  hand back   │ │ └──fail──► failed ──recover (storage_error only, every item stored)──► succeeded
       └──┼──────────────┘ │
          └──cancel────────┴──cancel──► canceled
 """
@@ -29,7 +29,7 @@ LEGAL: dict[tuple[JobStatus, JobStatus], str] = {
     (RUNNING, QUEUED): "the job goes back to the queue: handed back, or its holder went silent",
     (RUNNING, SUCCEEDED): "the holder stored every image (or, for a download, registered the model)",
     (RUNNING, FAILED): "the holder failed it, or its holder went silent on the last attempt",
-    (FAILED, SUCCEEDED): "an operator uploaded the spooled image of a storage_error job",
+    (FAILED, SUCCEEDED): "an operator uploaded the last spooled images of a storage_error job",
     (QUEUED, CANCELED): "a client canceled the job before any worker took it",
     (RUNNING, CANCELED): "a client canceled the job; its holder stops at its next step",
 }
@@ -74,9 +74,12 @@ class Move:
     failure: JobFailure | None = None
     # Only if the job failed with this code (recover).
     from_error_code: str | None = None
-    artifact: dict[str, Any] | None = None
-    # The pending upload this move settles (confirmed by a success, never written on a failure).
-    settles_upload: str | None = None
+    # Artifact rows the move writes (a success: every item; a storage failure: the items stored).
+    artifacts: tuple[dict[str, Any], ...] = ()
+    # The pending uploads this move settles (confirmed by the artifact rows, or never written).
+    settles_uploads: tuple[str, ...] = ()
+    # The job's record (how it ran), written with the move when there is one.
+    record: dict[str, Any] | None = None
     # What the status event says besides the status.
     note: dict[str, Any] = field(default_factory=dict)
 
@@ -97,10 +100,20 @@ def claim(job_id: str, worker_id: str) -> Move:
     return Move(job_id, QUEUED, RUNNING, claimant=worker_id)
 
 
-def succeed(fence: Fence, artifact: dict[str, Any], timings: dict[str, float]) -> Move:
-    return Move(fence.job_id, RUNNING, SUCCEEDED, fence=fence, artifact=artifact,
-                settles_upload=artifact["s3_key"],
-                note={"s3_key": artifact["s3_key"], "timings": timings})
+def succeed(fence: Fence, artifacts: list[dict[str, Any]], timings: dict[str, float],
+            record: dict[str, Any] | None = None) -> Move:
+    keys = tuple(a["s3_key"] for a in artifacts)
+    return Move(fence.job_id, RUNNING, SUCCEEDED, fence=fence, artifacts=tuple(artifacts),
+                settles_uploads=keys, record=record, note={"s3_key": keys[0], "timings": timings})
+
+
+def fail_storing(fence: Fence, failure: JobFailure, stored: list[dict[str, Any]], unwritten: list[str],
+                 record: dict[str, Any] | None) -> Move:
+    """Some items of a batch did not store: failed for good (storage_error is not transient), with
+    the items that did store kept as artifacts, and the uploads of those that didn't settled as
+    never written (each waits in the worker's spool, or is lost)."""
+    return Move(fence.job_id, RUNNING, FAILED, fence=fence, failure=failure, artifacts=tuple(stored),
+                settles_uploads=tuple(a["s3_key"] for a in stored) + tuple(unwritten), record=record)
 
 
 def complete(fence: Fence, note: dict[str, Any]) -> Move:
@@ -117,13 +130,16 @@ def cancel(job_id: str, source: JobStatus, reason: str | None = None) -> Move:
     return Move(job_id, source, CANCELED, note={"reason": reason} if reason else {})
 
 
-def recover(job_id: str, artifact: dict[str, Any]) -> Move:
-    return Move(job_id, FAILED, SUCCEEDED, from_error_code="storage_error", artifact=artifact,
-                note={"s3_key": artifact["s3_key"], "recovered_from": "storage_error"})
+def recover(job_id: str, artifacts: list[dict[str, Any]]) -> Move:
+    """The spooled images of a storage_error job are uploaded, and with them every item is
+    stored: the job succeeds. (While items are still missing, the service records the uploaded
+    ones without a move: the job stays failed.)"""
+    return Move(job_id, FAILED, SUCCEEDED, from_error_code="storage_error", artifacts=tuple(artifacts),
+                note={"s3_key": artifacts[0]["s3_key"], "recovered_from": "storage_error"})
 
 
 def after_failure(fence: Fence, failure: JobFailure, max_attempts: int, *,
-                  silent_for_s: float | None = None, settles_upload: str | None = None) -> Move:
+                  silent_for_s: float | None = None) -> Move:
     """The one retry rule: a transient failure with attempts left goes back to the queue; any
     other failure, or the last attempt's, is final. Used by the worker for its own failures and
     by the reaper (``silent_for_s``) for a holder that went silent."""
@@ -132,4 +148,4 @@ def after_failure(fence: Fence, failure: JobFailure, max_attempts: int, *,
                     note={"reason": failure.code, "worker_id": fence.worker_id,
                           "attempt": fence.attempt})
     return Move(fence.job_id, RUNNING, FAILED, fence=fence, silent_for_s=silent_for_s,
-                failure=failure, settles_upload=settles_upload)
+                failure=failure)

@@ -9,12 +9,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from dreamforge.errors import InvalidRequest
+from dreamforge.schedulers import NAMES as SCHEDULER_NAMES
+from dreamforge.schedulers import SchedulerName
 from dreamforge.status import JobStatus
 from dreamforge.text import cut
 
 __all__ = ["GenerateRequest", "JobStatus", "JobView", "parse_request"]
 
 MAX_SEED = 4_294_967_295
+MAX_COUNT = 8
+
+
+def item_seed(seed: int, item: int) -> int:
+    """Item ``item`` of a batch is seeded ``seed + item``, wrapping past MAX_SEED to 0, so every
+    item's seed is a legal seed of its own (a count-1 job with it makes the same picture)."""
+    return (seed + item) % (MAX_SEED + 1)
 # The whitespace of ECMAScript's \s, spelled out so that the schema's pattern means the same to a
 # JavaScript client, to Python's re and to the server (Python's str.strip also strips \x1c-\x1f).
 _SPACE = "\\t\\n\\v\\f\\r \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
@@ -26,7 +35,7 @@ _NO_NUL_RE = re.compile(NO_NUL_PATTERN)
 
 
 class GenerateRequest(BaseModel):
-    """A request for one image. Unknown fields are refused so typos surface."""
+    """A request for ``count`` images. Unknown fields are refused so typos surface."""
 
     # strict: on the wire, `true`, `"64"` and `64.0` are not integers (the CLI parses its own
     # arguments and passes ints).
@@ -52,7 +61,16 @@ class GenerateRequest(BaseModel):
     guidance: float = Field(default=7.0, ge=0, le=30, allow_inf_nan=False)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     format: Literal["png", "jpeg", "webp"] = "png"
-    count: Literal[1] = Field(default=1, description="Images per job; v1 makes exactly one.")
+    count: int = Field(default=1, ge=1, le=MAX_COUNT,
+                       description="Images in this job. Item i is seeded seed + i (mod 2^32), each "
+                                   "with its own generator: a count-1 job with that seed makes it again.")
+    model: str | None = Field(
+        default=None, max_length=128, json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+        description="A model of this server's registry (GET /v1/models); null: the default model. "
+                    "An unknown name is refused and nothing is queued.")
+    scheduler: SchedulerName | None = Field(
+        default=None, description="The sampler, by the names users know (see docs/integration.md); "
+                                  "null: the checkpoint's own (Euler for SDXL base).")
     # -- webhooks (issue #16): checked again by the service (the address rule needs settings) ----
     webhook: str | None = Field(
         default=None, max_length=2048, json_schema_extra={"format": "uri", "pattern": "^https?://[^@/]+"},
@@ -116,8 +134,10 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
             message = f"{field} must be a multiple of {err['ctx']['multiple_of']}"
         elif err["type"] == "extra_forbidden":
             message = f"unknown field {field!r}"
-        elif err["type"] == "literal_error" and field == "count":
-            message = "count must be 1 in v1"
+        elif err["type"] == "literal_error" and field == "scheduler":
+            message = f"scheduler must be one of {', '.join(SCHEDULER_NAMES)} (or null)"
+        elif err["type"] in ("greater_than_equal", "less_than_equal") and field == "count":
+            message = f"count must be from 1 to {MAX_COUNT}"
         elif err["type"] == "value_error":
             message = str(err["ctx"]["error"])
         elif field != "body":
@@ -130,6 +150,22 @@ def parse_request(data: Any) -> GenerateRequest:
     """Validate untrusted input; raise InvalidRequest whose message names the first bad field."""
     try:
         return GenerateRequest.model_validate(data)
+    except ValidationError as exc:
+        details = field_errors(exc)
+        raise InvalidRequest(details[0]["message"], details=details) from None
+
+
+class RerunRequest(BaseModel):
+    """POST /v1/jobs/{id}/rerun's optional body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    new_seed: bool = Field(default=False, description="Draw a new seed instead of the recorded one.")
+
+
+def parse_rerun(data: Any) -> RerunRequest:
+    try:
+        return RerunRequest.model_validate(data)
     except ValidationError as exc:
         details = field_errors(exc)
         raise InvalidRequest(details[0]["message"], details=details) from None
@@ -189,6 +225,12 @@ class JobView(BaseModel):
     attempts: int = 0
     correlation_id: str | None = None
     retry_of: str | None = Field(default=None, description="The failed or canceled job this one retries.")
+    rerun_of: str | None = Field(default=None, description="The job whose recorded parameters this one "
+                                                           "runs again (POST /v1/jobs/{id}/rerun).")
+    record: dict[str, Any] | None = Field(
+        default=None, description="How the job ran, to make its images again: model name and sha256, "
+                                  "scheduler and its settings, dtype, device, torch, Diffusers and "
+                                  "DreamForge versions, the items' seeds and batches. Set once images exist.")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

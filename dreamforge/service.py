@@ -30,6 +30,8 @@ from dreamforge.errors import (
     InvalidRequest,
     JobNotFound,
     JobStateError,
+    ModelNotFound,
+    ModelRejected,
     StorageError,
 )
 from dreamforge.moves import Fence, JobFailure
@@ -192,18 +194,22 @@ class JobService:
     # -- the doors' commands ----------------------------------------------------------------------
     def submit(self, request: GenerateRequest, *, correlation_id: str | None = None,
                idempotency_key: str | None = None, idempotency_scope: str = "",
-               retry_of: str | None = None) -> Submitted:
+               retry_of: str | None = None, rerun_of: str | None = None) -> Submitted:
         """Record a queued job and ring the queue. Either both happen or neither does.
 
         An idempotency key names one job within its scope (the API token, or the client without
-        one) for DF_IDEMPOTENCY_TTL; the same key in another scope is another key."""
+        one) for DF_IDEMPOTENCY_TTL; the same key in another scope is another key. A rerun's
+        request is its parameters and the job it reruns."""
         self._check_webhook(request)
+        self._check_model(request.model)
         params = request.model_dump(mode="json")
         key_hash = _sha256(f"{_sha256(idempotency_scope)}:{idempotency_key}") if idempotency_key else None
-        request_hash = _sha256(json.dumps(params, sort_keys=True)) if idempotency_key else None
+        hashed: Any = params if rerun_of is None else {"params": params, "rerun_of": rerun_of}
+        request_hash = _sha256(json.dumps(hashed, sort_keys=True)) if idempotency_key else None
         job, created = self.job_store.create(params, correlation_id=correlation_id,
                                              idempotency_key_hash=key_hash,
                                              request_hash=request_hash, retry_of=retry_of,
+                                             rerun_of=rerun_of,
                                              idempotency_ttl_s=self.settings.idempotency_ttl.total_seconds())
         if created:
             try:
@@ -216,6 +222,18 @@ class JobService:
                                 job["id"])
                 raise
         return Submitted(self._view(job), created)
+
+    def _check_model(self, name: str | None) -> None:
+        """A job names a model the registry has (and a checkpoint, not a LoRA): refused at
+        submit, before anything is queued."""
+        if name is None:
+            return
+        try:
+            self.models.resolve(name)  # a LoRA's name: ModelRejected (not_a_checkpoint)
+        except (ModelNotFound, ModelRejected) as exc:
+            code = exc.code if isinstance(exc, ModelRejected) else None
+            raise InvalidRequest(exc.message, code=code,
+                                 details=[{"field": "model", "message": exc.message}]) from None
 
     def submit_download(self, request: DownloadRequest, *, correlation_id: str | None = None,
                         idempotency_key: str | None = None, idempotency_scope: str = "",
@@ -286,6 +304,39 @@ class JobService:
                            idempotency_key=idempotency_key,
                            idempotency_scope=f"{idempotency_scope}\nretry:{job_id}").view
 
+    def rerun(self, job_id: str, *, new_seed: bool = False, correlation_id: str | None = None,
+              idempotency_key: str | None = None, idempotency_scope: str = "") -> Submitted:
+        """Any job's recorded parameters (its seed and scheduler included), submitted again as a new
+        job that names it (``rerun_of``): on the same machine and model, the same images, byte for
+        byte. ``new_seed``: the same request with a seed drawn afresh (as for a new job). A job
+        whose seed is not drawn yet (still queued) has nothing recorded to repeat: JobStateError,
+        unless ``new_seed``."""
+        job = self.job_store.job(job_id)
+        params = dict(job["params"])
+        if new_seed:
+            params["seed"] = None
+        elif params.get("seed") is None:
+            raise JobStateError(f"job {job_id} has no seed yet ({job['status']}): rerun it once it has "
+                                "run, or with new_seed", code="job_not_rerunnable",
+                                details={"status": job["status"]})
+        if params.get("model") is None:
+            params["model"] = self._recorded_model(job)
+        request = GenerateRequest.model_validate(params)
+        return self.submit(request, correlation_id=correlation_id, idempotency_key=idempotency_key,
+                           idempotency_scope=idempotency_scope, rerun_of=job_id)
+
+    def _recorded_model(self, job: dict[str, Any]) -> str | None:
+        """The registered model a job ran on when it named none (the default then): a rerun
+        pins it, so changing the default later doesn't change what the rerun makes."""
+        used = (job.get("record") or {}).get("model") or {}
+        try:
+            record = self.models.resolve(used.get("name")) if used.get("name") else None
+        except (ModelNotFound, ModelRejected):  # gone, or the name is a LoRA's now
+            return None
+        if record is None or not record.registered or record.sha256 != used.get("sha256"):
+            return None
+        return record.name
+
     def retry_failed(self, *, error_code: str | None = None, since: datetime | None = None,
                      limit: int = 1000) -> list[JobView]:
         """Retry every failed job (with this error code, created since then), up to ``limit``."""
@@ -319,24 +370,56 @@ class JobService:
                 return removed
 
     def retry_spooled(self) -> list[dict[str, Any]]:
-        """Upload the images a failed upload left in the spool, and finish their jobs."""
+        """Upload the images a failed upload left in the spool, and record them. A job succeeds
+        once every one of its items is stored; until then it stays failed (storage_error) with
+        the items stored so far."""
         from dreamforge.spool import Spool
 
         spool = Spool(self.settings.spool_dir)
-        results = []
+        by_job: dict[str, list[Any]] = {}
         for entry in spool.entries():
-            try:
-                self.artifact_store.put(entry.key, entry.read(), entry.content_type,
-                                        entry.artifact["sha256"])
-            except StorageError as exc:
-                results.append({"job_id": entry.job_id, "key": entry.key, "uploaded": False,
-                                "error": exc.message})
+            by_job.setdefault(entry.job_id, []).append(entry)
+        results = []
+        for job_id, entries in by_job.items():
+            uploaded = []
+            for entry in entries:
+                try:
+                    self.artifact_store.put(entry.key, entry.read(), entry.content_type,
+                                            entry.artifact["sha256"])
+                except StorageError as exc:
+                    results.append({"job_id": job_id, "key": entry.key, "uploaded": False,
+                                    "error": exc.message})
+                    continue
+                uploaded.append(entry)
+            if not uploaded:
                 continue
-            recovered = self.job_store.apply(moves.recover(entry.job_id, entry.artifact)) is not None
-            spool.remove(entry)
-            results.append({"job_id": entry.job_id, "key": entry.key, "uploaded": True,
-                            "job_succeeded": recovered})
+            succeeded, recorded = self._record_recovered(job_id, [e.artifact for e in uploaded])
+            for entry in uploaded:
+                if entry.key not in recorded:
+                    # The job went on without it (pruned, or another attempt stored that item):
+                    # no object outlives its record.
+                    self.artifact_store.delete(entry.key)
+                spool.remove(entry)
+                results.append({"job_id": job_id, "key": entry.key, "uploaded": True,
+                                "job_succeeded": succeeded})
         return results
+
+    def _record_recovered(self, job_id: str, rows: list[dict[str, Any]]) -> tuple[bool, set[str]]:
+        """Artifact rows for uploaded spool entries of a storage_error job: the job succeeds if
+        that completes it. Returns (the job succeeded, the keys recorded)."""
+        try:
+            job = self.job_store.job(job_id)
+        except JobNotFound:
+            return False, set()
+        have = {a["item_index"] for a in job["artifacts"]}
+        rows = [r for r in rows if r["item_index"] not in have]
+        keys = {r["s3_key"] for r in rows}
+        if not rows:
+            return job["status"] == JobStatus.succeeded, set()
+        if have | {r["item_index"] for r in rows} >= set(range(job["params"].get("count", 1))):
+            done = self.job_store.apply(moves.recover(job_id, rows)) is not None
+            return done, keys if done else set()
+        return False, keys if self.job_store.add_recovered_artifacts(job_id, rows) else set()
 
     # -- the doors' queries -----------------------------------------------------------------------
     def get(self, job_id: str) -> JobView:
@@ -465,9 +548,10 @@ class JobService:
                      "details": job["error_details"]}
         return JobView.model_validate({
             "id": job["id"], "type": job["type"], "status": job["status"], "params": job["params"],
-            "steps": step_views, "summary": {"count": 1, "completed": len(arts)}, "artifacts": arts,
-            "error": error, "attempts": job["attempts"], "correlation_id": job["correlation_id"],
-            "retry_of": job.get("retry_of"),
+            "steps": step_views, "summary": {"count": job["params"].get("count", 1), "completed": len(arts)},
+            "artifacts": arts, "error": error, "attempts": job["attempts"],
+            "correlation_id": job["correlation_id"], "retry_of": job.get("retry_of"),
+            "rerun_of": job.get("rerun_of"), "record": job.get("record"),
             "created_at": job["created_at"], "started_at": job["started_at"],
             "finished_at": job["finished_at"]})
 
@@ -497,20 +581,24 @@ class JobService:
     def begin_upload(self, fence: Fence, key: str) -> bool | None:
         return self.job_store.begin_upload(fence, key)
 
-    def succeed(self, fence: Fence, artifact: dict[str, Any], timings: dict[str, float]) -> bool:
-        return self.job_store.apply(moves.succeed(fence, artifact, timings)) is not None
+    def succeed(self, fence: Fence, artifacts: list[dict[str, Any]], timings: dict[str, float],
+                record: dict[str, Any] | None = None) -> bool:
+        """Every item stored: the artifact rows, the record and the move, in one transaction."""
+        return self.job_store.apply(moves.succeed(fence, artifacts, timings, record)) is not None
 
     def complete(self, fence: Fence, note: dict[str, Any]) -> bool:
         """The holder finished a job that stores no artifact (a model download)."""
         return self.job_store.apply(moves.complete(fence, note)) is not None
 
-    def fail_attempt(self, fence: Fence, failure: JobFailure, *,
-                     unwritten_upload: str | None = None) -> str | None:
+    def fail_attempt(self, fence: Fence, failure: JobFailure) -> str | None:
         """The holder's attempt failed: back to the queue or failed, by the one retry rule.
         Returns the job's new status, or None when the holder had lost the job already."""
-        move = moves.after_failure(fence, failure, self.settings.max_attempts,
-                                   settles_upload=unwritten_upload)
-        return self._carry_out(move)
+        return self._carry_out(moves.after_failure(fence, failure, self.settings.max_attempts))
+
+    def fail_storing(self, fence: Fence, failure: JobFailure, stored: list[dict[str, Any]],
+                     unwritten: list[str], record: dict[str, Any] | None) -> str | None:
+        """Some items did not store: failed, keeping the stored ones (see moves.fail_storing)."""
+        return self._carry_out(moves.fail_storing(fence, failure, stored, unwritten, record))
 
     def hand_back(self, fence: Fence, reason: str) -> bool:
         """running → queued by its holder (a graceful stop past its grace period)."""

@@ -45,6 +45,10 @@ jobs = sa.Table(
     _text("request_hash", 64, nullable=True),
     # A retry of a failed or canceled job is a new job that names the one it retries.
     _text("retry_of", 36, nullable=True, index=True),
+    # A rerun (of any job) is a new job that names the one whose recorded parameters it runs.
+    _text("rerun_of", 36, nullable=True, index=True),
+    # How the job ran (model, scheduler, dtype, device, versions, seeds): see execution.run_record.
+    sa.Column("record", sa.JSON, nullable=True),
     _text("correlation_id", 255, nullable=True),
     _text("error_code", 64, nullable=True),
     _text("error_message", None, nullable=True),

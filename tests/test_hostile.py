@@ -151,9 +151,10 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "422"]
 [[operations]]
 include-operation-id = "downloadModel"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "409", "422"]
+
+# An Idempotency-Key the fuzzer reuses with another body is a 409, as the spec says.
 [[operations]]
 include-operation-id = "createJob"
-# 409: the fuzzer may send one Idempotency-Key with two bodies, as the spec says.
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "409", "422"]
 
 # An upload must be a whole PNG, JPEG or WebP within the limits, which no schema can say; an
@@ -181,9 +182,11 @@ def run_schemathesis(server, spec: Path, tmp_path: Path, *extra: str):
     st = Path(sys.executable).parent / "st"
     config = tmp_path / "schemathesis.toml"
     config.write_text(ST_CONFIG)
+    # One worker thread: two raced CPython 3.11's compiler inside hypothesis ("AST constructor
+    # recursion depth mismatch"), a failure of the fuzzer, not of the server.
     return subprocess.run(
         [str(st), "--config-file", str(config), "run", str(spec), "--url", server.url, "--checks", "all",
-         "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", "15", "--workers", "2",
+         "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", "15", "--workers", "1",
          "--suppress-health-check", "all", "--max-time", "8", "--seed", "11", *extra],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
 

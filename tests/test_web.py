@@ -301,6 +301,30 @@ def test_job_page_run_again_and_vary(page, server) -> None:
 
 
 @BROWSER
+def test_a_batch_shows_every_image_its_seed_and_the_sampler(page, server) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(page.find_element("id", "f-scheduler")).select_by_value("euler_a")
+    count = page.find_element("id", "f-count")
+    count.clear()
+    count.send_keys("3")
+    job_id = submit(page, "three foxes", steps=2, size=64)
+    sent = httpx.get(f"{server.url}/v1/jobs/{job_id}").json()["params"]
+    assert sent["count"] == 3 and sent["scheduler"] == "euler_a"
+    wait(page, lambda d: "3/3 images" in card(d, job_id).text)
+    open_job(page, job_id)
+    wait(page, lambda d: d.execute_script(
+        "const i = [...document.querySelectorAll('#job-items img')];"
+        "return i.length === 3 && i.every((x) => x.complete && x.naturalWidth > 0);"))
+    items = page.find_element("id", "job-items").text
+    seed = job_page_seed(page)
+    assert all(f"#{i} · {seed + i}" in items for i in range(3)), items
+    params = page.find_element("id", "job-params").text
+    assert "3 of 3" in params and "euler_a" in params
+    assert "--count 3 --scheduler euler_a" in page.find_element("id", "job-df").text
+
+
+@BROWSER
 def test_screenshots(page, server, tmp_path: Path) -> None:
     """The gallery and a job page at desktop and phone widths, light and dark."""
     for n in range(3):

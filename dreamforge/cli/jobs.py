@@ -163,6 +163,22 @@ def retry(
         note("no failed job matched")
 
 
+@app.command("rerun")
+@handle_errors
+def rerun(
+    job_id: Annotated[str, typer.Argument(help="The job whose recorded parameters to run again.")],
+    new_seed: Annotated[bool, typer.Option("--new-seed", help="Draw a new seed instead of the recorded one.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the new job's view as JSON.")] = False,
+) -> None:
+    """Submit any job's recorded parameters (seed and scheduler included) as a new job that names
+    it: on the same machine and model, the same images byte for byte. Prints the new job's id."""
+    view = open_service().rerun(job_id, new_seed=new_seed).view
+    if as_json:
+        print_json(view.model_dump(mode="json"))
+    else:
+        typer.echo(view.id)
+
+
 @app.command("prune")
 @handle_errors
 def prune(
@@ -229,7 +245,8 @@ def watch(
     if as_json:
         print_json(view.model_dump(mode="json"))
     elif view.status is JobStatus.succeeded:
-        typer.echo(render.artifact_location(view))
+        for location in render.artifact_locations(view):
+            typer.echo(location)
     end_of_watch(view)
 
 

@@ -141,9 +141,17 @@ def generate(
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance, 0–30.")] = 7.0,
     seed: Annotated[int | None, typer.Option(help="0–4294967295; drawn at random if unset.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="png, jpeg or webp.")] = "png",
+    count: Annotated[int, typer.Option("-n", "--count",
+                                       help="Images, 1–8; item i is seeded seed + i.")] = 1,
+    model: Annotated[str | None, typer.Option(
+        help="A registered model (df models list); the default model if unset.")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="euler, euler_a, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde_karras, ddim or unipc; "
+             "unset: the checkpoint's own.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
-    output: Annotated[Path | None, typer.Option("-o", "--output",
-                                                   help="Copy the image here (implies --wait).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Copy the image here (implies --wait); with --count, NAME-0.png, "
+                               "NAME-1.png, ...")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job view as JSON.")] = False,
     cancel_on_interrupt: Annotated[bool, typer.Option(
         "--cancel-on-interrupt", help="With --wait: Ctrl-C cancels the job (else it goes on).")] = False,
@@ -153,14 +161,14 @@ def generate(
         "--webhook-event", help="running, progress, succeeded, failed or canceled; repeat for several "
                                 "(default: the last three).")] = None,
 ) -> None:
-    """Submit one image job. With --wait, follow it; with no live worker, run it here.
+    """Submit an image job (--count images). With --wait, follow it; with no live worker, run it here.
     Ctrl-C stops watching (exit 130) and leaves the job to the workers, or cancels it with
     --cancel-on-interrupt."""
     from dreamforge.schemas import parse_request
 
     request = parse_request({"prompt": prompt, "negative_prompt": negative_prompt, "width": width,
                              "height": height, "steps": steps, "guidance": guidance, "seed": seed,
-                             "format": fmt,
+                             "format": fmt, "count": count, "scheduler": scheduler, "model": model,
                              **({"webhook": webhook} if webhook is not None else {}),
                              **({"webhook_events": webhook_event} if webhook_event else {})})
     if output is not None and output.is_dir():
@@ -193,11 +201,22 @@ def generate(
     if view.status is not JobStatus.succeeded:
         jobs.end_of_watch(view)
         fail(f"job {view.id} ended {view.status.value}", EXIT_FAILED)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_bytes(service.artifact_bytes(view.artifacts[0].s3_key))
+    written = _write_outputs(service, view, output) if output is not None else []
     if not as_json:
-        typer.echo(str(output) if output is not None else render.artifact_location(view))
+        for location in written or render.artifact_locations(view):
+            typer.echo(location)
+
+
+def _write_outputs(service: JobService | RemoteService, view: JobView, output: Path) -> list[str]:
+    """-o FILE: the image there; for a batch, each item beside it as FILE-<item>."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for art in view.artifacts:
+        target = output if len(view.artifacts) == 1 else \
+            output.with_name(f"{output.stem}-{art.item_index}{output.suffix}")
+        target.write_bytes(service.artifact_bytes(art.s3_key))
+        written.append(str(target))
+    return written
 
 
 @app.command()

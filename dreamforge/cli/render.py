@@ -194,6 +194,33 @@ def artifact_location(view: JobView) -> str | None:
     return inert(art.path or art.url or art.s3_key)
 
 
+def artifact_locations(view: JobView) -> list[str]:
+    """Every item's location, in item order (one line each)."""
+    return [inert(a.path or a.url or a.s3_key) for a in view.artifacts]
+
+
+def record_lines(record: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The job's record as name/value lines (every value from the job store: shown inert)."""
+    if not record:
+        return []
+    model = record.get("model") or {}
+    sched = record.get("scheduler") or {}
+    settings = ", ".join(f"{k}={v}" for k, v in sorted((sched.get("config") or {}).items()))
+    versions = ", ".join(f"{k} {record[k]}" for k in ("dreamforge", "torch", "diffusers") if record.get(k))
+    lines: list[tuple[str, Any]] = [
+        ("model", model.get("name")), ("  sha256", model.get("sha256") or "-"),
+        ("scheduler", f"{sched.get('name') or '-'} ({sched.get('class') or '-'})"),
+        ("dtype", record.get("dtype")), ("device", record.get("device")), ("versions", versions),
+        ("seeds", ", ".join(str(s) for s in record.get("seeds") or [])),
+        ("batches", ", ".join(str(b) for b in record.get("batches") or []))]
+    if settings:
+        lines.insert(3, ("  settings", settings))
+    for split in record.get("splits") or []:
+        lines.append(("  split", f"out of memory at {split.get('items')} images from item "
+                                 f"{split.get('at_item')}; then {split.get('then')} at a time"))
+    return lines
+
+
 def job_table(views: list[JobView]) -> None:
     console = common.console
     if not console.is_terminal:
@@ -253,19 +280,31 @@ def job_details(view: JobView) -> None:
     lines: list[tuple[str, Any]] = [
         ("id", view.id), ("status", view.status.value), ("prompt", p["prompt"]),
         ("negative prompt", p.get("negative_prompt")),
-        ("size", f"{p['width']}x{p['height']}"), ("steps", f"{current}/{total}"),
-        ("guidance", p["guidance"]), ("seed", seed),
+        ("size", f"{p['width']}x{p['height']}"),
+        ("steps", f"{current}/{total}" if p.get("count", 1) == 1 else
+         f"{current}/{total} ({p['count']} images x {p['steps']} steps)"),
+        ("guidance", p["guidance"]), ("seed", seed), ("count", p.get("count", 1)),
+        ("scheduler", p.get("scheduler") or "the checkpoint's own"),
         ("format", p["format"]), ("attempts", view.attempts),
         ("request id", view.correlation_id),
         ("created", view.created_at.isoformat()),
         ("started", view.started_at.isoformat() if view.started_at else None),
         ("finished", view.finished_at.isoformat() if view.finished_at else None),
     ]
+    if view.retry_of:
+        lines.append(("retry of", view.retry_of))
+    if view.rerun_of:
+        lines.append(("rerun of", view.rerun_of))
+    lines.append(("stored", f"{view.summary.completed} of {view.summary.count}"))
     for art in view.artifacts:
-        lines.append(("artifact", art.path or art.url or art.s3_key))
+        lines.append((f"artifact {art.item_index}", art.path or art.url or art.s3_key))
+        lines.append(("  seed", art.seed))
         lines.append(("  key", art.s3_key))
         lines.append(("  sha256", f"{art.sha256} ({art.size_bytes} bytes)"))
     if view.error:
         lines.append(("error", f"{view.error.code}: {view.error.message}"))
+    if view.record:
+        lines.append(("record", "how the job ran (df jobs rerun makes it again)"))
+        lines.extend(("  " + n, v) for n, v in record_lines(view.record))
     for name, value in lines:
         common.console.print(Text.assemble(f"{name + ':':<17}", cell(value)))

@@ -7,7 +7,7 @@ inside the runner's child process.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -19,7 +19,19 @@ ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class ModelChoice:
+    """A registered model a job names: where this process finds it, and what it is (a sha256
+    the registry knows saves the runner hashing the file)."""
+
+    name: str
+    path: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class Generation:
+    """What a runner makes: ``count`` images, item i seeded ``item_seed(seed, i)``."""
+
     prompt: str
     negative_prompt: str | None
     width: int
@@ -27,21 +39,42 @@ class Generation:
     steps: int
     guidance: float
     seed: int
+    count: int = 1
+    # A name from dreamforge.schedulers, or None for the checkpoint's own scheduler.
+    scheduler: str | None = None
+    # None: the model the settings name (DF_GENERATE_MODEL_PATH, ...).
+    model: ModelChoice | None = None
+
+    def seeds(self) -> list[int]:
+        from dreamforge.schemas import item_seed
+
+        return [item_seed(self.seed, i) for i in range(self.count)]
 
 
 @dataclass
 class GeneratedImage:
     image: Image.Image
     seed: int
-    # Seconds the model itself took (the pipeline call), as the runner measured it.
+
+
+@dataclass
+class GeneratedBatch:
+    """The items in order, and how they were made."""
+
+    images: list[GeneratedImage]
+    # Seconds the model itself took (the pipeline calls), as the runner measured it.
     model_s: float | None = None
     # CUDA only: {"device": "cuda:0", "allocated": bytes after the job, "peak": bytes during it}.
     gpu_memory: dict[str, Any] | None = None
+    # What the runner knows of the run, for the job's record: model, scheduler and settings,
+    # dtype, device, library versions, the batches it made the items in (see execution.py).
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 class Runner(Protocol):
-    """One image per call. ``on_progress(current, total)`` is called after every step;
-    failures raise RunnerError with the job's error code."""
+    """All of a Generation's items per call. ``on_progress(current, total)`` counts item-steps
+    (``count * steps`` in all) and is called after every step; failures raise RunnerError with the
+    job's error code."""
 
     name: str
 
@@ -49,7 +82,7 @@ class Runner(Protocol):
         """Load what the first job would otherwise wait for."""
         ...
 
-    def generate(self, request: Generation, on_progress: ProgressCallback) -> GeneratedImage: ...
+    def generate(self, request: Generation, on_progress: ProgressCallback) -> GeneratedBatch: ...
 
     def close(self) -> None: ...
 

@@ -14,11 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dreamforge import metrics
 from dreamforge.errors import RunnerError
-from dreamforge.runners import GeneratedImage, Generation, ProgressCallback
+from dreamforge.runners import GeneratedBatch, GeneratedImage, Generation, ModelChoice, ProgressCallback
 
 if TYPE_CHECKING:
     from dreamforge.settings import Settings
@@ -27,8 +28,9 @@ log = logging.getLogger("dreamforge.runner")
 TICK_S = 0.05
 
 
-def model_not_found(settings: Settings) -> RunnerError | None:
-    path, chosen_by = settings.model_path()
+def model_not_found(settings: Settings, choice: ModelChoice | None = None) -> RunnerError | None:
+    path, chosen_by = ((Path(choice.path), f"the model registry ({choice.name})") if choice
+                       else settings.model_path())
     if path.exists():
         return None
     return RunnerError(
@@ -47,13 +49,16 @@ class ChildRunner:
         self._proc: Any = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()
+        # The model the live child holds: None for the one the settings name. A job that names
+        # another gets a fresh child with it (one model in memory at a time).
+        self._model: ModelChoice | None = None
 
     # -- child management -----------------------------------------------------------------------
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
 
-    def _start(self) -> None:
-        missing = model_not_found(self.settings)
+    def _start(self, choice: ModelChoice | None = None) -> None:
+        missing = model_not_found(self.settings, choice)
         if missing:
             raise missing
         from dreamforge.runners import sdxl_child
@@ -61,7 +66,7 @@ class ChildRunner:
         started = time.monotonic()
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=sdxl_child.main,
-                                       args=(child, self.settings.model_dump(mode="json")),
+                                       args=(child, self.settings.model_dump(mode="json"), choice),
                                        name="df-sdxl", daemon=True)
         self._proc.start()
         child.close()
@@ -70,6 +75,7 @@ class ChildRunner:
         if message[0] == "error":
             self._reap()
             raise RunnerError(message[2], code=message[1], details=message[3] if len(message) > 3 else None)
+        self._model = choice
         metrics.model_loaded(time.monotonic() - started)
         log.info("SDXL child %d ready: %s", self._proc.pid, message[1])
 
@@ -118,10 +124,14 @@ class ChildRunner:
                 # The worker still starts: each job will report the problem on its own.
                 log.error("runner not ready: %s: %s", exc.code, exc.message)
 
-    def generate(self, request: Generation, on_progress: ProgressCallback) -> GeneratedImage:
+    def generate(self, request: Generation, on_progress: ProgressCallback) -> GeneratedBatch:
         with self._lock:
+            if self._alive() and request.model != self._model:
+                log.info("switching the SDXL child to model %s",
+                         request.model.name if request.model else "the default")
+                self._reap()
             if not self._alive():
-                self._start()
+                self._start(request.model)
             assert self._conn is not None
             self._conn.send(("generate", request))
             last: tuple[int, int] | None = None
@@ -153,9 +163,10 @@ class ChildRunner:
                 elif kind == "result":
                     from PIL import Image
 
-                    mode, size, data, seed, model_s, gpu_memory = message[1:]
-                    return GeneratedImage(Image.frombytes(mode, size, data), seed, model_s,
-                                          gpu_memory)
+                    items, model_s, gpu_memory, record = message[1:]
+                    images = [GeneratedImage(Image.frombytes(mode, size, data), seed)
+                              for mode, size, data, seed in items]
+                    return GeneratedBatch(images, model_s, gpu_memory, record)
                 elif kind == "error":
                     raise RunnerError(message[2], code=message[1])
 

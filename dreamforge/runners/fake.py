@@ -1,4 +1,5 @@
-"""A Pillow runner for CI and machines without a GPU: deterministic from prompt and seed.
+"""A Pillow runner for CI and machines without a GPU: deterministic from prompt, seed and
+scheduler, item by item (item i of a batch is the count-1 picture of its seed).
 
 It can also fail on demand, the way the SDXL runner's child process fails (DF_FAKE_FAILURE):
 ``crash-once`` (the first job of this runner crashes, later ones succeed), ``crash`` (every job),
@@ -10,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections.abc import Callable
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from dreamforge import __version__
 from dreamforge.errors import RunnerError
-from dreamforge.runners import GeneratedImage, Generation, ProgressCallback
+from dreamforge.runners import GeneratedBatch, GeneratedImage, Generation, ProgressCallback
 
 FAILURES = ("crash-once", "crash", "hang")
 
@@ -46,11 +50,35 @@ class FakeRunner:
     def warm(self) -> None:
         pass
 
-    def generate(self, request: Generation, on_progress: ProgressCallback) -> GeneratedImage:
+    def generate(self, request: Generation, on_progress: ProgressCallback) -> GeneratedBatch:
+        total = request.count * request.steps
         if self.failure:
-            self._fail_on_demand(on_progress, request.steps)
+            self._fail_on_demand(on_progress, total)
+        images = []
+        for item, seed in enumerate(request.seeds()):
+            done = item * request.steps
+
+            def on_step(step: int, done: int = done) -> None:
+                on_progress(done + step, total)
+
+            images.append(GeneratedImage(self._draw(request, seed, on_step), seed))
+        model = ({"name": request.model.name, "sha256": request.model.sha256} if request.model
+                 else {"name": "fake", "sha256": None})
+        record: dict[str, Any] = {"runner": self.name, "model": model,
+                  "scheduler": {"name": request.scheduler, "class": None, "config": {}},
+                  "dtype": None, "device": "cpu", "dreamforge": __version__,
+                  "batches": [1] * request.count}
+        return GeneratedBatch(images, record=record)
+
+    def _draw(self, request: Generation, seed: int, on_step: Callable[[int], None]) -> Image.Image:
+        # The scheduler joins the digest only when one is named, so pictures made before there
+        # were schedulers are made again the same.
+        # The scheduler and a registered model join the digest only when named, so pictures made
+        # before there were either are made again the same.
+        scheduler = f"\0{request.scheduler}" if request.scheduler else ""
+        model = f"\0model={request.model.sha256 or request.model.name}" if request.model else ""
         digest = hashlib.sha256(
-            f"{request.prompt}\0{request.negative_prompt or ''}\0{request.seed}".encode()).digest()
+            f"{request.prompt}\0{request.negative_prompt or ''}\0{seed}{scheduler}{model}".encode()).digest()
         rng = random.Random(digest)  # noqa: S311 (pictures, not secrets)
         w, h = request.width, request.height
         top = tuple(rng.randrange(256) for _ in range(3))
@@ -68,9 +96,8 @@ class FakeRunner:
                 draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
             if self.step_delay_s:
                 time.sleep(self.step_delay_s)
-            on_progress(step, request.steps)
-        image = image.filter(ImageFilter.GaussianBlur(radius=max(1, min(w, h) // 64)))
-        return GeneratedImage(image=image, seed=request.seed)
+            on_step(step)
+        return image.filter(ImageFilter.GaussianBlur(radius=max(1, min(w, h) // 64)))
 
     def close(self) -> None:
         pass

@@ -1,7 +1,8 @@
 """The runner child's main loop: load once, then answer generate requests until told to stop.
 
 Messages to the parent: ("ready", description) | ("progress", current, total) |
-("result", mode, size, pixels, seed, model_s, gpu_memory) | ("error", code, message[, details]) | ("interrupted",).
+("result", [(mode, size, pixels, seed), …], model_s, gpu_memory, record) |
+("error", code, message[, details]) | ("interrupted",).
 From the parent: ("generate", request) | ("interrupt",) (stop the generation at its next step) |
 ("stop",).
 """
@@ -14,13 +15,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from dreamforge.errors import RunnerError
+from dreamforge.runners import ModelChoice
 
 
 class Interrupted(Exception):
     """Raised from the pipeline's step-end callback: the generation stops at once."""
 
 
-def main(conn: Connection, settings_data: dict[str, Any]) -> None:
+def main(conn: Connection, settings_data: dict[str, Any], choice: ModelChoice | None = None) -> None:
     from dreamforge.settings import Settings
 
     # Loading must never reach for a model hub, and the worker's log is no place for progress bars.
@@ -35,7 +37,7 @@ def main(conn: Connection, settings_data: dict[str, Any]) -> None:
         prepare_compile_cache(settings)  # before torch is imported
     from dreamforge.runners.sdxl import SDXL
 
-    model = SDXL(settings)
+    model = SDXL(settings, choice)
     try:
         model.load()
     except RunnerError as exc:
@@ -59,9 +61,9 @@ def main(conn: Connection, settings_data: dict[str, Any]) -> None:
             continue  # an interrupt that came after its generation had ended
         request = message[1]
         try:
-            image = model.generate(request, on_step)
-            conn.send(("result", image.image.mode, image.image.size, image.image.tobytes(), image.seed,
-                       image.model_s, image.gpu_memory))
+            batch = model.generate(request, on_step)
+            items = [(i.image.mode, i.image.size, i.image.tobytes(), i.seed) for i in batch.images]
+            conn.send(("result", items, batch.model_s, batch.gpu_memory, batch.record))
         except Interrupted:
             conn.send(("interrupted",))
         except RunnerError as exc:

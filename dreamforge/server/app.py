@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dreamforge.errors import InvalidRequest
-from dreamforge.schemas import JobView, parse_request
+from dreamforge.schemas import JobView, parse_request, parse_rerun
 from dreamforge.server import content, models_api, openai_images, uploads_api, watch, web
 from dreamforge.server.body import read_json
 from dreamforge.server.errors import EXCEPTION_HANDLERS, envelope
@@ -115,6 +115,22 @@ def status(request: Request) -> Response:
     return JSONResponse(_service(request).status())
 
 
+async def rerun_job(request: Request) -> Response:
+    """Any job's recorded parameters as a new job (202, Location of the new job). The body is
+    optional: {"new_seed": true} draws a new seed. Idempotency-Key as for POST /v1/jobs."""
+    parse_query(NoQuery, request)
+    key = idempotency_key(request)
+    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    options = parse_rerun(await read_json(request)) if has_body else parse_rerun({})
+    submitted = await run_in_threadpool(_service(request).rerun, request.path_params["job_id"],
+                                        new_seed=options.new_seed, correlation_id=request.state.request_id,
+                                        idempotency_key=key, idempotency_scope=idempotency_scope(request))
+    headers = {"Location": f"/v1/jobs/{submitted.view.id}"}
+    if not submitted.created:
+        headers["Idempotent-Replayed"] = "true"
+    return _view_response(submitted.view, 202, headers)
+
+
 def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -150,6 +166,7 @@ ROUTES = [
     Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
     Route("/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/rerun", rerun_job, methods=["POST"]),
     Route("/v1/jobs/{job_id}/events", watch.job_events, methods=["GET"]),
     Route("/v1/jobs/{job_id}/logs", watch.job_logs, methods=["GET"]),
     Route("/v1/jobs/{job_id}/artifacts", content.artifacts, methods=["GET"]),

@@ -17,6 +17,7 @@ from dreamforge.schemas import (
     JobPageView,
     JobView,
     LogPage,
+    RerunRequest,
 )
 
 SPEC_PATH = Path("docs/openapi/openapi.v1.json")
@@ -27,7 +28,7 @@ EXAMPLE_REQUEST = {"type": "generate", "prompt": "an old-growth forest at dawn",
 JOB_ID = "8b0f7a52-3c1e-4d7a-9a51-2d0c8e7f1a10"
 EXAMPLE_QUEUED: dict[str, Any] = {
     "id": JOB_ID, "type": "generate", "status": "queued",
-    "params": {**EXAMPLE_REQUEST, "negative_prompt": None, "seed": None, "count": 1},
+    "params": {**EXAMPLE_REQUEST, "negative_prompt": None, "seed": None, "count": 1, "scheduler": None},
     "steps": [{"name": "generate", "status": "queued", "progress": {"current": 0, "total": 24},
                "seed": None, "started_at": None, "finished_at": None}],
     "summary": {"count": 1, "completed": 0}, "artifacts": [],
@@ -42,6 +43,13 @@ EXAMPLE_JOB = {
     "artifacts": [{"item_index": 0, "seed": 42, "width": 1024, "height": 1024, "format": "png",
                    "s3_key": f"dreamforge/default/jobs/{JOB_ID}/generate/20260101T120004Z_0_1024x1024_42.png",
                    "size_bytes": 1534712, "sha256": "9f2c…", "url": "https://…", "path": None}],
+    "record": {"runner": "sdxl", "model": {"name": "epicrealismXL_working", "sha256": "6ce0161689…",
+                                           "kind": "single_file"},
+               "scheduler": {"name": "euler", "class": "EulerDiscreteScheduler",
+                             "config": {"timestep_spacing": "leading", "use_karras_sigmas": False, "…": "…"}},
+               "dtype": "float16", "device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0",
+               "diffusers": "0.42.1", "compiled": False, "batches": [1], "dreamforge": __version__,
+               "seeds": [42]},
     "attempts": 1, "started_at": "2026-01-01T12:00:00Z", "finished_at": "2026-01-01T12:00:04Z"}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 VISIBLE_PATTERN = "^[!-~]+$"
@@ -105,7 +113,8 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                                   (ErrorEnvelope, "serialization"), (JobPageView, "serialization"),
                                   (EventPage, "serialization"), (LogPage, "serialization"),
                                   (ArtifactList, "serialization"), (DownloadRequest, "validation"),
-                                  (ModelObject, "serialization"), (ModelList, "serialization")],
+                                  (ModelObject, "serialization"), (ModelList, "serialization"),
+                                  (RerunRequest, "validation")],
                                  ref_template=REF)
     paths = {
         "/v1/jobs": {
@@ -151,6 +160,7 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                           "404": NOT_FOUND, "422": BAD_QUERY, "503": UNAVAILABLE},
         }},
         **{path: ops for path, ops in watch_paths().items() if path != "/v1/jobs"},
+        "/v1/jobs/{job_id}/rerun": rerun_path(),
         **models_paths(),
         **uploads_paths(),
         "/v1/status": {"get": {
@@ -195,6 +205,35 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
         "components": {"schemas": {**defs["$defs"], **openai_images.SPEC_SCHEMAS, **webhooks_spec.SCHEMAS},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
+
+
+def rerun_path() -> dict[str, Any]:
+    idempotency = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "description": "As for POST /v1/jobs: the same key for the same job and body returns "
+                                  "the first rerun; with another, 409.",
+                   "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": VISIBLE_PATTERN}}
+    return {"post": {
+        "operationId": "rerunJob", "summary": "Run any job's recorded parameters again, as a new job",
+        "description": "The new job has the recorded parameters (seed and scheduler included) and names "
+                       "the job in `rerun_of`: on the same machine and model, the same images byte for "
+                       "byte. `{\"new_seed\": true}` draws a new seed instead. The body is optional.",
+        "parameters": [REQUEST_ID, JOB_ID_PARAM, idempotency],
+        "requestBody": {"required": False, "content": {"application/json": {
+            "schema": {"$ref": REF.format(model="RerunRequest")}, "example": {"new_seed": False}}}},
+        "responses": {
+            "202": {**_job("The new job, queued", {**EXAMPLE_QUEUED, "rerun_of": JOB_ID,
+                                                   "params": EXAMPLE_JOB["params"]}),
+                    "headers": {"Location": {"schema": {"type": "string"}, "description": "/v1/jobs/{id}"}}},
+            "400": _error("The body is not JSON", "invalid_json", "request body is not valid JSON"),
+            "401": UNAUTHORIZED, "404": NOT_FOUND,
+            "409": _error("The job has no seed yet (queued; use new_seed), or the Idempotency-Key was used "
+                          "with another request", "job_not_rerunnable", "job … has no seed yet (queued)"),
+            "413": _error("Body over 64 KiB", "payload_too_large", "request body is over 65536 bytes"),
+            "415": _error("Not application/json", "unsupported_media_type",
+                          "Content-Type must be application/json"),
+            "422": _error("An unknown field, or new_seed not a boolean", "validation_error",
+                          "unknown field 'seed'"),
+            "503": UNAVAILABLE}}}
 
 
 def _secure(paths: dict[str, Any], token_required: bool) -> None:

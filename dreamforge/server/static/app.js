@@ -178,7 +178,9 @@ function renderCard(entry) {
   const { job, li } = entry;
   li.dataset.status = job.status;
   li.querySelector(".badge").textContent = job.status;
-  li.querySelector(".size").textContent = `${job.params.width}×${job.params.height} · ${job.params.steps} steps`;
+  const n = job.params.count || 1;
+  li.querySelector(".size").textContent = `${job.params.width}×${job.params.height} · ${job.params.steps} steps` +
+    (n > 1 ? ` · ${job.summary.completed}/${n} images` : "") + (job.params.scheduler ? ` · ${job.params.scheduler}` : "");
   const bar = li.querySelector("progress");
   const p = progressOf(job);
   bar.max = p.total;
@@ -287,7 +289,8 @@ async function cancelJob(id, button) {
 // ---------- submit form ----------
 
 const form = $("submit-form");
-const FIELDS = ["prompt", "negative_prompt", "width", "height", "steps", "guidance", "seed", "format"];
+const FIELDS = ["prompt", "negative_prompt", "width", "height", "steps", "guidance", "seed", "count", "scheduler",
+  "format"];
 const RULES = {
   prompt: "prompt is required (at most 2000 characters)",
   width: "width must be 64-2048 and a multiple of 8",
@@ -295,6 +298,7 @@ const RULES = {
   steps: "steps must be a whole number from 1 to 150",
   guidance: "guidance must be a number from 0 to 30",
   seed: "seed must be empty (random) or a whole number from 0 to 4294967295",
+  count: "images must be a whole number from 1 to 8",
 };
 
 function custom() {
@@ -333,6 +337,8 @@ function readForm() {
     steps: Number(f.steps.value),
     guidance: Number(f.guidance.value),
     seed: f.seed.value === "" && !f.seed.validity.badInput ? null : Number(f.seed.value),
+    count: Number(f.count.value),
+    scheduler: f.scheduler.value || null,
     format: f.format.value,
   };
 }
@@ -400,6 +406,8 @@ function dfCommand(p) {
   if (p.negative_prompt) parts.push("--negative-prompt", sq(p.negative_prompt));
   parts.push("--width", p.width, "--height", p.height, "--steps", p.steps, "--guidance", p.guidance);
   if (p.seed !== null && p.seed !== undefined) parts.push("--seed", p.seed);
+  if (p.count > 1) parts.push("--count", p.count);
+  if (p.scheduler) parts.push("--scheduler", p.scheduler);
   parts.push("--format", p.format, "--wait");
   return parts.join(" ");
 }
@@ -436,12 +444,19 @@ function renderJob(job) {
   $("job-cancel").hidden = !ACTIVE.has(job.status);
   $("job-retry").hidden = !(job.status === "failed" || job.status === "canceled");
   const art = job.artifacts[0];
+  const rec = job.record || {};
   fillList($("job-params"), [["prompt", p.prompt], ["negative prompt", p.negative_prompt],
     ["size", `${p.width} × ${p.height}`], ["steps", p.steps], ["guidance", p.guidance],
-    ["seed", art ? art.seed : (p.seed ?? "random")], ["format", p.format], ["type", job.type],
+    ["seed", art ? art.seed : (p.seed ?? "random")], ["images", `${job.summary.completed} of ${p.count || 1}`],
+    ["sampler", rec.scheduler ? `${rec.scheduler.name || "?"} (${rec.scheduler.class})` : (p.scheduler || "the model's own")],
+    ["model", rec.model && [rec.model.name, rec.model.sha256 && rec.model.sha256.slice(0, 10)].filter(Boolean).join(" · ")],
+    ["device", rec.device && `${rec.device}, ${rec.dtype || "?"}`],
+    ["versions", rec.dreamforge && `DreamForge ${rec.dreamforge}` + (rec.torch ? `, torch ${rec.torch}, Diffusers ${rec.diffusers}` : "")],
+    ["format", p.format], ["type", job.type],
     ["id", job.id], ["correlation id", job.correlation_id], ["attempts", job.attempts],
-    ["retry of", job.retry_of], ["sha256", art && art.sha256],
+    ["retry of", job.retry_of], ["rerun of", job.rerun_of], ["sha256", art && art.sha256],
     ["bytes", art && art.size_bytes]]);
+  renderItems(job);
   const t = open.timings || {};
   fillList($("job-timings"), [["created", new Date(job.created_at).toLocaleString()],
     ["waited", seconds(job.created_at, job.started_at)], ["ran", seconds(job.started_at, job.finished_at)],
@@ -464,6 +479,24 @@ function renderJob(job) {
     frame.replaceChildren(el("p", { class: "muted", text: `No image (${job.status})` }));
     $("job-download").hidden = true;
   }
+}
+
+// Every image of a batch, small, under the first one (each its item index and seed).
+function renderItems(job) {
+  const list = $("job-items");
+  const shown = `${job.id}:${job.artifacts.length}`;
+  if (list.dataset.shown === shown) return;
+  list.dataset.shown = shown;
+  if (job.artifacts.length < 2) return list.replaceChildren();
+  list.replaceChildren(...job.artifacts.map((a) => {
+    const img = el("img", { alt: `Image ${a.item_index + 1} (seed ${a.seed})`, width: "128", height: "128",
+      decoding: "async" });
+    img.dataset.src = a.thumbnail_url;
+    lazy.observe(img);
+    // A link can't send the token: with one, the thumbnails are all there is.
+    const thumb = token ? img : el("a", { href: imageUrl(a.content_url), target: "_blank", rel: "noopener" }, img);
+    return el("li", {}, thumb, el("span", { class: "muted", text: `#${a.item_index} · ${a.seed}` }));
+  }));
 }
 
 function eventText(e) {
