@@ -1,6 +1,5 @@
 """``df``: submit, follow and run image-generation jobs."""
 
-from __future__ import annotations
 
 import contextlib
 import logging
@@ -63,7 +62,7 @@ class LocalRun:
     """Runs the job in this process when no worker is live: at once, or when the last live
     worker stops answering while the job still waits in the queue."""
 
-    def __init__(self, service: JobService | RemoteService, settings: Settings, job_id: str):
+    def __init__(self, service: "JobService | RemoteService", settings: "Settings", job_id: str):
         self.service, self.settings, self.job_id = service, settings, job_id
         self.inline: InlineWorker | None = None
         # A server's jobs run on its own workers: with none live, say so and go on watching.
@@ -86,7 +85,7 @@ class LocalRun:
         if self.inline is not None:
             self.inline.check()
 
-    def on_no_worker(self, view: JobView) -> None:
+    def on_no_worker(self, view: "JobView") -> None:
         if self.inline is not None:
             return  # ours: the in-process run does not register as a worker
         if view.status is JobStatus.queued:
@@ -207,7 +206,7 @@ def generate(
             typer.echo(location)
 
 
-def _write_outputs(service: JobService | RemoteService, view: JobView, output: Path) -> list[str]:
+def _write_outputs(service: "JobService | RemoteService", view: "JobView", output: Path) -> list[str]:
     """-o FILE: the image there; for a batch, each item beside it as FILE-<item>."""
     output.parent.mkdir(parents=True, exist_ok=True)
     written = []
