@@ -1,7 +1,6 @@
 """``df uploads``: images a job starts from, stored in the artifact store (this machine's, or the
 `df serve` at DF_API_URL's)."""
 
-
 from pathlib import Path
 from typing import Annotated
 
