@@ -37,6 +37,10 @@ class ArtifactStore(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
+    def exists(self, key: str) -> bool:
+        """Whether the object is there; StorageError when the store can't say."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove the object if it exists."""
         ...
@@ -121,6 +125,9 @@ class LocalStore:
             return self.path(key).read_bytes()
         except OSError as exc:
             raise StorageError(f"could not read {key}: {exc.strerror or exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
 
     def locate(self, key: str) -> dict[str, str]:
         path = self.path(key)

@@ -47,6 +47,8 @@ from dreamforge.text import cut
 if TYPE_CHECKING:
     import httpx
 
+    from dreamforge.inputs import InputImage
+
 M = TypeVar("M", bound=BaseModel)
 
 # The envelope's codes, as the errors the job service raises for the same cases.
@@ -116,6 +118,18 @@ class _Patience:
     def pause(self) -> None:
         time.sleep(self.delay * random.uniform(0.75, 1.0))  # noqa: S311 (jitter, not a secret)
         self.delay = min(self.delay * 2, MAX_BACKOFF_S)
+
+
+class UploadView(BaseModel):
+    """POST /v1/uploads' answer."""
+
+    id: str
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+    format: str
+    content_type: str
 
 
 class RemoteService:
@@ -290,6 +304,17 @@ class RemoteService:
             raise StorageError(f"artifact {item} of job {job_id} arrived damaged: its sha256 is not "
                                "the one the job recorded; try again")
         return data
+
+    def upload_image(self, data: bytes, content_type: str | None = None) -> InputImage:
+        """Store an input image on the server (POST /v1/uploads), as JobService.upload_image."""
+        from dreamforge.inputs import EXTENSIONS, InputImage, upload_key
+
+        sent = content_type or "application/octet-stream"
+        view = self._parse(UploadView, self._json(self._post("/v1/uploads", files={"file": ("image", data, sent)})))
+        if view.sha256 != hashlib.sha256(data).hexdigest() or view.format not in EXTENSIONS:
+            self._bad_answer("with the upload's own sha256 and format")
+        return InputImage(view.sha256, upload_key(view.sha256, view.format), view.width, view.height,
+                          view.format, view.size_bytes)
 
     def live_workers(self) -> list[dict[str, Any]]:
         workers: list[dict[str, Any]] = self.status()["workers"]

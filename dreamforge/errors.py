@@ -11,6 +11,7 @@ DreamForgeError
 ├── RunnerError             generation failed; `code` is the job's error code
 ├── ModelNotFound           unknown model name (404; code unknown_model)
 ├── ModelRejected           not an SDXL checkpoint, or a corrupt one (an InvalidRequest: 422 / exit 2)
+├── ImageRejected           an input image refused (an InvalidRequest: 422, or 413 / 415 by its code)
 ├── ModelConflict           the model's name or file is taken (409)
 └── DownloadFailed          a model download failed; `code` says how
 """
@@ -78,8 +79,10 @@ class ModelNotFound(DreamForgeError):
 
 
 class ModelRejected(InvalidRequest):
-    """The file is not a model DreamForge can load: not an SDXL base checkpoint (``not_sdxl``),
-    or truncated or corrupt (``model_invalid``). The message says what it looks like."""
+    """The file is not a model DreamForge can load: not an SDXL base checkpoint or SDXL LoRA
+    (``not_sdxl``), or truncated or corrupt (``model_invalid``). The message says what it looks
+    like. Also a registered model of the wrong kind for its place: a LoRA named as a job's model or
+    the default (``not_a_checkpoint``), a checkpoint named as a LoRA (``not_a_lora``)."""
 
     code = "not_sdxl"
 
@@ -95,3 +98,14 @@ class DownloadFailed(DreamForgeError):
     broke: trying again resumes), checksum_mismatch, insufficient_disk."""
 
     code = "download_failed"
+
+
+# -- input images (dreamforge/inputs.py) ------------------------------------------------------------
+
+class ImageRejected(InvalidRequest):
+    """An input image DreamForge won't take. Codes: unsupported_media_type (not PNG, JPEG or
+    WebP: 415), payload_too_large (over DF_UPLOAD_MAX_BYTES: 413), image_too_large (more pixels
+    than allowed, a decompression bomb included), image_invalid (truncated or corrupt),
+    mask_size_mismatch, unknown_input (no such upload or artifact); these last four 422."""
+
+    code = "image_invalid"

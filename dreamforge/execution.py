@@ -21,7 +21,14 @@ from typing import Any, TypeVar
 
 from dreamforge import __version__, imaging, metrics
 from dreamforge.artifact_store import CONTENT_TYPES, artifact_key
-from dreamforge.errors import BackendUnavailable, DreamForgeError, ModelNotFound, RunnerError, StorageError
+from dreamforge.errors import (
+    BackendUnavailable,
+    DreamForgeError,
+    ModelNotFound,
+    ModelRejected,
+    RunnerError,
+    StorageError,
+)
 from dreamforge.moves import Fence, JobFailure
 from dreamforge.runners import GeneratedImage, Generation, ModelChoice, Runner
 from dreamforge.schemas import MAX_SEED, GenerateRequest
@@ -274,6 +281,8 @@ class Executor:
         except ModelNotFound as exc:
             raise RunnerError(f"{exc.message} (removed after the job was queued?)",
                               code="unknown_model") from None
+        except ModelRejected as exc:  # the name was given to a LoRA after the job was queued
+            raise RunnerError(exc.message, code="model_invalid") from None
         if not record.registered:
             return None
         self.service.models.touch(record.name)

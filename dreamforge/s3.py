@@ -161,6 +161,18 @@ class S3Store:
         return self._with_retries(f"reading {key}", lambda: self.client.head_object(
             Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"))
 
+    def exists(self, key: str) -> bool:
+        def probe() -> bool:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return False  # no such key, or no bucket yet: either way, not there
+                raise
+            return True
+
+        return bool(self._with_retries(f"looking for {key}", probe))
+
     def locate(self, key: str) -> dict[str, str]:
         url = self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
                                                  ExpiresIn=self.presign_expiry_s)

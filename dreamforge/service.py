@@ -31,6 +31,7 @@ from dreamforge.errors import (
     JobNotFound,
     JobStateError,
     ModelNotFound,
+    ModelRejected,
     StorageError,
 )
 from dreamforge.moves import Fence, JobFailure
@@ -42,6 +43,7 @@ from dreamforge.text import cut
 if TYPE_CHECKING:
     from dreamforge.artifact_store import ArtifactStore
     from dreamforge.feed import EventFeed
+    from dreamforge.inputs import InputImage
     from dreamforge.job_store import JobStore
     from dreamforge.queue import JobQueue
     from dreamforge.registry import ModelRegistry
@@ -227,12 +229,11 @@ class JobService:
         if name is None:
             return
         try:
-            record = self.models.resolve(name)
-        except ModelNotFound as exc:
-            raise InvalidRequest(exc.message, details=[{"field": "model", "message": exc.message}]) from None
-        if record.kind != "sdxl_checkpoint":
-            message = f"model {name!r} is a {record.kind}, not an SDXL checkpoint a job can run on"
-            raise InvalidRequest(message, details=[{"field": "model", "message": message}])
+            self.models.resolve(name)  # a LoRA's name: ModelRejected (not_a_checkpoint)
+        except (ModelNotFound, ModelRejected) as exc:
+            code = exc.code if isinstance(exc, ModelRejected) else None
+            raise InvalidRequest(exc.message, code=code,
+                                 details=[{"field": "model", "message": exc.message}]) from None
 
     def submit_download(self, request: DownloadRequest, *, correlation_id: str | None = None,
                         idempotency_key: str | None = None, idempotency_scope: str = "",
@@ -330,7 +331,7 @@ class JobService:
         used = (job.get("record") or {}).get("model") or {}
         try:
             record = self.models.resolve(used.get("name")) if used.get("name") else None
-        except ModelNotFound:
+        except (ModelNotFound, ModelRejected):  # gone, or the name is a LoRA's now
             return None
         if record is None or not record.registered or record.sha256 != used.get("sha256"):
             return None
@@ -740,3 +741,21 @@ class JobService:
 
     def finish_delivery(self, delivery_id: str, claim_token: str, status: str, **outcome: Any) -> bool:
         return self.deliveries.finish(delivery_id, claim_token, status, **outcome)
+
+    # -- input images (dreamforge/inputs.py) -------------------------------------------------------
+    def upload_image(self, data: bytes, content_type: str | None = None) -> InputImage:
+        """Check an image (PNG, JPEG or WebP) and store it as sent; the same bytes twice are one
+        object. ``content_type``, when the sender gave one, must match. ImageRejected otherwise."""
+        from dreamforge.inputs import store_upload
+
+        return store_upload(self.artifact_store, data, content_type, max_bytes=self.settings.upload_max_bytes,
+                            max_side=self.settings.upload_max_side)
+
+    def upload(self, upload_id: str) -> InputImage:
+        """A stored upload's description; ImageRejected (unknown_input) when there is none."""
+        return self.upload_content(upload_id)[0]
+
+    def upload_content(self, upload_id: str) -> tuple[InputImage, bytes]:
+        from dreamforge.inputs import find_upload
+
+        return find_upload(self.artifact_store, upload_id)

@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=4, ge=1, le=64)
     # POST /v1/images/generations answers when its job ends, or after this long with a 504.
     openai_wait_s: float = Field(default=600.0, gt=0)
+    # POST /v1/uploads: the largest image file taken, and the longest side (SDXL's largest size).
+    upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
+    upload_max_side: int = Field(default=2048, ge=64, le=4096)
 
     @field_validator("webhook_urls", "webhook_events", mode="before")
     @classmethod

@@ -157,6 +157,18 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "409", "422"]
 include-operation-id = "createJob"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "409", "422"]
 
+# An upload must be a whole PNG, JPEG or WebP within the limits, which no schema can say; an
+# upload id that is 64 hex digits may still name no upload.
+[[operations]]
+include-operation-id = "createUpload"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "413", "415", "422"]
+[[operations]]
+include-operation-id = "getUpload"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "422"]
+[[operations]]
+include-operation-id = "getUploadContent"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "422"]
+
 [[operations]]
 include-operation-id = "createImage"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "409", "504"]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dreamforge.cli import artifacts, common, db, host, jobs, models, render, webhooks
+from dreamforge.cli import artifacts, common, db, host, jobs, models, render, uploads, webhooks
 from dreamforge.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -46,6 +46,7 @@ app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(host.env_app, name="env")
 app.add_typer(host.gpu_app, name="gpu")
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(uploads.app, name="uploads")
 
 
 @app.callback()

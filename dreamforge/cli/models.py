@@ -26,8 +26,8 @@ from dreamforge.cli.common import (
 if TYPE_CHECKING:
     from dreamforge.registry import ModelRecord
 
-app = typer.Typer(help="The SDXL checkpoints jobs can name: list, add (file, folder or URL), remove, "
-                       "verify, default, scan.", **TYPER_OPTIONS)
+app = typer.Typer(help="The SDXL checkpoints and LoRAs jobs can name: list, add (file, folder or URL), "
+                       "remove, verify, default, scan.", **TYPER_OPTIONS)
 
 
 def _json(record: "ModelRecord") -> dict[str, Any]:
@@ -130,7 +130,7 @@ def show(
     """One model: what it is, where it lies, its hash, size and times."""
     from rich.text import Text
 
-    record = open_local_service("df models").models.resolve(name)
+    record = open_local_service("df models").models.find(name)
     if as_json:
         print_json(_json(record))
         return
@@ -161,7 +161,8 @@ def add(
     make_default: Annotated[bool, typer.Option("--default", help="Make it the default model.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the registered model as JSON.")] = False,
 ) -> None:
-    """Register a checkpoint after checking it is SDXL base and whole. A URL is downloaded into
+    """Register an SDXL base checkpoint or an SDXL LoRA (kohya or PEFT/Diffusers keys) after
+    checking what it is and that it is whole. A URL is downloaded into
     the models root (DF_MODELS_ROOT, else <DF_DATA_DIR>/models): resumed after an interruption,
     checked against --sha256, and renamed into place only when complete; http:// needs
     DF_MODELS_ALLOW_HTTP=1, and DF_MODELS_DOWNLOAD_TOKEN is sent as a bearer token (https only)."""

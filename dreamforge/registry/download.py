@@ -250,7 +250,7 @@ class Downloader:
             raise _failed(f"{shown} has sha256 {digest}, not the {expected} given; the download was deleted",
                           "checksum_mismatch", expected=expected, actual=digest)
         try:
-            identity = ident.require(ident.identify(partial), partial)
+            identity = ident.require(ident.identify(partial), partial, ident.KINDS)
         except ModelRejected as exc:
             self._discard(partial)
             exc.message = f"the download from {cut(shown, 200)}: {exc.message}"

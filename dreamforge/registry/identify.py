@@ -9,8 +9,8 @@ SD 2.x has 1024-wide cross-attention, SD 1.x a twelfth output block. Diffusers f
 they are in ``model_index.json`` and ``unet/config.json``.
 
 Only an SDXL base checkpoint is accepted as a model a job can run (kind ``sdxl_checkpoint``). A
-LoRA made for SDXL is recognised as kind ``sdxl_lora`` (for the LoRA support to come), and
-everything else is refused with a message that says what it looks like.
+LoRA made for SDXL, in the kohya or the PEFT/Diffusers key layout, is kind ``sdxl_lora`` (see
+``registry/lora.py``); everything else is refused with a message that says what it looks like.
 """
 
 from __future__ import annotations
@@ -48,11 +48,8 @@ SD1_TEXT = "cond_stage_model.transformer."
 # The parts of an SGM-layout SDXL file, and what each is called in a message.
 SDXL_PARTS = {"model.diffusion_model.": "UNet", "first_stage_model.": "VAE",
               "conditioner.embedders.0.transformer.": "first text encoder"}
-LORA_MARK = re.compile(r"(lora_(up|down|A|B)\b|\.lora\.|^lora_(unet|te\d?)_|\.hada_w1_a|\.lokr_w1|"
-                       r"\.alpha$)")
-# SDXL's attention blocks stack up to 10 transformer blocks; SD 1.x and 2.x have one each. A LoRA
-# trained on either names the blocks it adapts, so a block index above 1 says SDXL.
-DEEP_BLOCK = re.compile(r"transformer_blocks[._]([2-9])[._]")
+LORA_MARK = re.compile(r"(lora_(up|down|A|B)\b|\.lora\.|_lora\.(up|down)\.|^lora_(unet|te\d?)_|\.hada_w1_a|"
+                       r"\.lokr_w1|\.alpha$)")
 # Diffusers components that carry weights, and the files that hold them.
 WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -74,11 +71,12 @@ def _complete_sdxl(keys: set[str]) -> str | None:
     return " and ".join(missing) if missing else None
 
 
-def _lora(keys: set[str]) -> Identity:
-    sdxl = any("te2" in k or "text_encoder_2" in k or DEEP_BLOCK.search(k) for k in keys)
-    if sdxl:
-        return Identity("an SDXL LoRA", SINGLE_FILE, LORA)
-    return Identity("a LoRA for Stable Diffusion 1.x or 2.x", SINGLE_FILE)
+def _lora(header: Header) -> Identity:
+    """A LoRA: kind sdxl_lora when made for SDXL (dreamforge/registry/lora.py tells)."""
+    from dreamforge.registry.lora import SDXL, classify_lora
+
+    base, looks_like, details = classify_lora(header)
+    return Identity(looks_like, SINGLE_FILE, LORA if base == SDXL else None, details)
 
 
 def classify_keys(header: Header) -> Identity:
@@ -87,7 +85,7 @@ def classify_keys(header: Header) -> Identity:
     t = header.tensors
     keys = set(t)
     if any(LORA_MARK.search(k) for k in keys):
-        return _lora(keys)
+        return _lora(header)
     if any(k in keys for k in FLUX) or any(k.startswith(("double_blocks.", "single_blocks.")) for k in keys):
         return Identity("a Flux model", SINGLE_FILE)
     if any(k in keys for k in SD3):
@@ -210,7 +208,7 @@ def identify(path: Path) -> Identity:
         raise ModelRejected(f"{path} does not exist", code="model_invalid", details={"file": path.name})
     header = read_header(path)
     identity = classify_keys(header)
-    identity.details = {"tensors": len(header.tensors), "dtypes": header.dtypes(),
+    identity.details = {**identity.details, "tensors": len(header.tensors), "dtypes": header.dtypes(),
                         **({"metadata": header.metadata} if header.metadata else {})}
     return identity
 
@@ -219,8 +217,9 @@ def require(identity: Identity, path: Path, kinds: tuple[str, ...] = (CHECKPOINT
     """The identity, if it is one of ``kinds``; else ModelRejected (not_sdxl) saying what it is."""
     if identity.kind in kinds:
         return identity
-    raise ModelRejected(f"{path.name} looks like {identity.looks_like}, not an SDXL base checkpoint "
-                        "(a single .safetensors file or a Diffusers folder)", code="not_sdxl",
+    wanted = ("an SDXL base checkpoint (a single .safetensors file or a Diffusers folder)"
+              + (" or an SDXL LoRA (.safetensors)" if LORA in kinds else ""))
+    raise ModelRejected(f"{path.name} looks like {identity.looks_like}, not {wanted}", code="not_sdxl",
                         details={"file": path.name, "looks_like": identity.looks_like})
 
 

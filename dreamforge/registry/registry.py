@@ -1,4 +1,5 @@
-"""The model registry: which checkpoints jobs can name, where they lie, and which is the default.
+"""The model registry: which checkpoints and LoRAs jobs can name, where they lie, and which
+checkpoint is the default.
 
 Rows live in the job store's database (table ``models``), so every door and every worker sees
 the same registry. Files live under the models root (DF_MODELS_ROOT, else ``<DF_DATA_DIR>/models``)
@@ -65,6 +66,11 @@ class ScanReport:
     refused: list[dict[str, str]] = field(default_factory=list)
 
 
+def _lora_as_default(name: str) -> ModelRejected:
+    return ModelRejected(f"{name} is a LoRA: only a checkpoint can be the default model", code="not_a_checkpoint",
+                         details={"model": name})
+
+
 def _aware(value: Any) -> Any:
     from dreamforge.job_store import aware
 
@@ -118,9 +124,9 @@ class ModelRegistry:
                                .order_by(models.c.name).limit(1)).mappings().first()
         return self._record(row) if row is not None else self.settings_default()
 
-    def resolve(self, name: str | None) -> ModelRecord:
-        """The model a job names: None for the default; ``default`` for the default too, unless a
-        model is registered under that name. ModelNotFound (code unknown_model) otherwise."""
+    def find(self, name: str | None) -> ModelRecord:
+        """Any registered model by name, a LoRA included (what `df models show` and GET
+        /v1/models/{name} show): None and ``default`` as in ``resolve``."""
         if name is None:
             return self.default()
         try:
@@ -129,6 +135,26 @@ class ModelRegistry:
             if name == DEFAULT_NAME:
                 return self.default()
             raise
+
+    def resolve(self, name: str | None) -> ModelRecord:
+        """The checkpoint a job names: None for the default; ``default`` for the default too,
+        unless a model is registered under that name. ModelNotFound (code unknown_model) for an
+        unknown name; ModelRejected (not_a_checkpoint) for a LoRA's."""
+        record = self.find(name)
+        if record.kind != ident.CHECKPOINT:
+            raise ModelRejected(f"{record.name} is a LoRA, not a checkpoint: a job's model is an SDXL checkpoint "
+                                "(a LoRA goes in its loras)", code="not_a_checkpoint",
+                                details={"model": record.name, "kind": record.kind})
+        return record
+
+    def resolve_lora(self, name: str) -> ModelRecord:
+        """The LoRA a job names. ModelNotFound (unknown_model) for an unknown name; ModelRejected
+        (not_a_lora) for a checkpoint's."""
+        record = self.get(name)
+        if record.kind != ident.LORA:
+            raise ModelRejected(f"{record.name} is a checkpoint, not a LoRA", code="not_a_lora",
+                                details={"model": record.name, "kind": record.kind})
+        return record
 
     def touch(self, name: str) -> None:
         """A job used this model now (last_used_at). Unregistered names are ignored."""
@@ -152,6 +178,8 @@ class ModelRegistry:
                                 f"{name}, or choose another name)", details={"model": name})
 
     def _insert(self, values: dict[str, Any], make_default: bool) -> ModelRecord:
+        if make_default and values["kind"] != ident.CHECKPOINT:
+            raise _lora_as_default(values["name"])
         try:
             with self.store.write() as conn:
                 if not values["downloaded"]:
@@ -179,7 +207,9 @@ class ModelRegistry:
         location = location.resolve()
         name = check_name(name or name_from(location.name))
         self._free_name(name)
-        identity = ident.require(ident.identify(location), location)
+        identity = ident.require(ident.identify(location), location, ident.KINDS)
+        if make_default and identity.kind != ident.CHECKPOINT:
+            raise _lora_as_default(name)
         actual = ident.sha256_of(location, on_bytes)
         if sha256 and actual != sha256.lower():
             raise ModelRejected(f"{location.name} has sha256 {actual}, not the {sha256.lower()} given",
@@ -256,8 +286,8 @@ class ModelRegistry:
     def set_default(self, name: str | None) -> ModelRecord:
         """Make ``name`` the default (one statement: exactly one default after it); None: no
         registered default, so the settings' model is the default again."""
-        if name is not None:
-            self.get(name)
+        if name is not None and self.get(name).kind != ident.CHECKPOINT:
+            raise _lora_as_default(name)
         with self.store.write() as conn:
             conn.execute(models.update().values(
                 is_default=sa.case((models.c.name == name, True), else_=False) if name else False))
@@ -281,8 +311,8 @@ class ModelRegistry:
         return Verified(name, ok, record.sha256, actual, None if ok else "the sha256 differs from the one recorded")
 
     def scan(self, on_bytes: Callable[[int], None] | None = None) -> ScanReport:
-        """Register the SDXL checkpoints under the models root that are not registered yet
-        (single .safetensors files and Diffusers folders), named after their file or folder."""
+        """Register the SDXL checkpoints and LoRAs under the models root that are not registered
+        yet (single .safetensors files and Diffusers folders), named after their file or folder."""
         report = ScanReport()
         if not self.root.is_dir():
             return report

@@ -17,7 +17,7 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(description="When it was registered, in Unix seconds (0: not registered).")
     owned_by: str = "dreamforge"
-    kind: str = Field(description="sdxl_checkpoint (sdxl_lora to come).")
+    kind: str = Field(description="sdxl_checkpoint, or sdxl_lora (a job's loras name these).")
     format: str = Field(description="single_file or diffusers.")
     source: str = Field(description="The URL it was downloaded from, or `local`.")
     path: str | None = Field(description="Where it lies under the models root (DF_MODELS_ROOT); null "

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from dreamforge.errors import InvalidRequest
 from dreamforge.schemas import JobView, parse_request, parse_rerun
-from dreamforge.server import content, models_api, openai_images, watch, web
+from dreamforge.server import content, models_api, openai_images, uploads_api, watch, web
 from dreamforge.server.body import read_json
 from dreamforge.server.errors import EXCEPTION_HANDLERS, envelope
 from dreamforge.server.metrics import make_registry, metrics_text
@@ -174,6 +174,9 @@ ROUTES = [
     Route("/v1/events", watch.all_events, methods=["GET"]),
     Route("/v1/models", models_api.models, methods=["GET", "POST"]),
     Route("/v1/models/{name}", models_api.get_model, methods=["GET"]),
+    Route("/v1/uploads", uploads_api.create_upload, methods=["POST"]),
+    Route("/v1/uploads/{upload_id}", uploads_api.get_upload, methods=["GET"]),
+    Route("/v1/uploads/{upload_id}/content", uploads_api.upload_content, methods=["GET"]),
     Route("/v1/status", status, methods=["GET"]),
     Route(openai_images.PATH, openai_images.generations, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),

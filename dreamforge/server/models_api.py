@@ -36,7 +36,7 @@ async def models(request: Request) -> Response:
 
 def get_model(request: Request) -> Response:
     parse_query(NoQuery, request)
-    record = request.state.service.models.resolve(request.path_params["name"])
+    record = request.state.service.models.find(request.path_params["name"])
     return JSONResponse(model_object(record))
 
 

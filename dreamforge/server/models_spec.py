@@ -56,7 +56,8 @@ def models_paths() -> dict[str, dict[str, Any]]:
             },
             "post": {
                 "operationId": "downloadModel",
-                "summary": "Download a single-file SDXL checkpoint and register it (a job of type download)",
+                "summary": "Download a single-file SDXL checkpoint or SDXL LoRA and register it (a job of type "
+                           "download)",
                 "description": "The job's step `download` counts MiB. The worker resumes an interrupted "
                                "download, checks the sha256 when given and the file's header, and registers "
                                "the model only when all of it arrived sound. Job error codes: "

@@ -105,6 +105,7 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
     from dreamforge.registry.views import ModelList, ModelObject
     from dreamforge.server import openai_images
     from dreamforge.server.models_spec import models_paths
+    from dreamforge.server.uploads_spec import uploads_paths
     from dreamforge.server.watch_spec import watch_paths
     from dreamforge.webhooks import spec as webhooks_spec
 
@@ -161,6 +162,7 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
         **{path: ops for path, ops in watch_paths().items() if path != "/v1/jobs"},
         "/v1/jobs/{job_id}/rerun": rerun_path(),
         **models_paths(),
+        **uploads_paths(),
         "/v1/status": {"get": {
             "operationId": "getStatus", "summary": "Job counts by status, queue depth and live workers",
             "description": "What `df status` shows (`df status --json` prints the same object).",
