@@ -120,6 +120,18 @@ class _Patience:
         self.delay = min(self.delay * 2, MAX_BACKOFF_S)
 
 
+class UploadView(BaseModel):
+    """POST /v1/uploads' answer."""
+
+    id: str
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+    format: str
+    content_type: str
+
+
 class RemoteService:
     """The verbs of ``JobService`` that the CLI's doors use, answered by a `df serve` over HTTP.
 
@@ -172,22 +184,6 @@ class RemoteService:
     def submit(self, request: GenerateRequest) -> Submitted:
         response = self._post("/v1/jobs", json=request.model_dump(mode="json", exclude_none=True))
         return Submitted(self._job(response), response.headers.get("idempotent-replayed") != "true")
-
-    def upload_image(self, data: bytes, content_type: str | None = None) -> InputImage:
-        """POST /v1/uploads with the image as the body (its type from its first bytes when not
-        given; the server checks both)."""
-        from dreamforge.inputs import InputImage
-
-        if content_type is None:
-            content_type = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg" \
-                if data.startswith(b"\xff\xd8") else "image/webp" if data[8:12] == b"WEBP" \
-                else "application/octet-stream"
-        body = self._json(self._post("/v1/uploads", content=data, headers={"content-type": content_type}))
-        try:
-            return InputImage(str(body["sha256"]), "", int(body["width"]), int(body["height"]),
-                              str(body["format"]), body.get("size_bytes"))
-        except (KeyError, TypeError, ValueError):
-            self._bad_answer("the upload's description")
 
     def cancel(self, job_id: str) -> JobView:
         return self._job(self._post(self._job_path(job_id, "cancel")))
@@ -308,6 +304,17 @@ class RemoteService:
             raise StorageError(f"artifact {item} of job {job_id} arrived damaged: its sha256 is not "
                                "the one the job recorded; try again")
         return data
+
+    def upload_image(self, data: bytes, content_type: str | None = None) -> InputImage:
+        """Store an input image on the server (POST /v1/uploads), as JobService.upload_image."""
+        from dreamforge.inputs import EXTENSIONS, InputImage, upload_key
+
+        sent = content_type or "application/octet-stream"
+        view = self._parse(UploadView, self._json(self._post("/v1/uploads", files={"file": ("image", data, sent)})))
+        if view.sha256 != hashlib.sha256(data).hexdigest() or view.format not in EXTENSIONS:
+            self._bad_answer("with the upload's own sha256 and format")
+        return InputImage(view.sha256, upload_key(view.sha256, view.format), view.width, view.height,
+                          view.format, view.size_bytes)
 
     def live_workers(self) -> list[dict[str, Any]]:
         workers: list[dict[str, Any]] = self.status()["workers"]

@@ -26,6 +26,7 @@ from dreamforge.errors import (
     DreamForgeError,
     InvalidRequest,
     ModelNotFound,
+    ModelRejected,
     RunnerError,
     StorageError,
 )
@@ -309,6 +310,8 @@ class Executor:
         except ModelNotFound as exc:
             raise RunnerError(f"{exc.message} (removed after the job was queued?)",
                               code="unknown_model") from None
+        except ModelRejected as exc:  # the name was given to a LoRA after the job was queued
+            raise RunnerError(exc.message, code="model_invalid") from None
         if not record.registered:
             return None
         self.service.models.touch(record.name)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
-from dreamforge.errors import ImageRejected, JobNotFound
+from dreamforge.errors import ImageRejected, JobNotFound, StorageError
 from dreamforge.text import cut
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,11 @@ def store_upload(store: ArtifactStore, data: bytes, declared: str | None, *, max
     fmt, width, height = inspect_image(data, max_side, declared)
     sha256 = hashlib.sha256(data).hexdigest()
     image = InputImage(sha256, upload_key(sha256, fmt), width, height, fmt, len(data))
-    if not store.exists(image.key):
+    try:
+        there = store.exists(image.key)
+    except StorageError:
+        there = False  # the put says whether the store works (S3 answers 403 to a head without s3:ListBucket)
+    if not there:
         store.put(image.key, data, image.content_type, sha256)
     return image
 

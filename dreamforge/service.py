@@ -31,6 +31,7 @@ from dreamforge.errors import (
     JobNotFound,
     JobStateError,
     ModelNotFound,
+    ModelRejected,
     StorageError,
 )
 from dreamforge.moves import Fence, JobFailure
@@ -232,21 +233,21 @@ class JobService:
         if name is None:
             return
         try:
-            record = self.models.resolve(name)
-        except ModelNotFound as exc:
-            raise InvalidRequest(exc.message, details=[{"field": "model", "message": exc.message}]) from None
-        if record.kind != "sdxl_checkpoint":
-            message = f"model {name!r} is a {record.kind}, not an SDXL checkpoint a job can run on"
-            raise InvalidRequest(message, details=[{"field": "model", "message": message}])
+            self.models.resolve(name)  # a LoRA's name: ModelRejected (not_a_checkpoint)
+        except (ModelNotFound, ModelRejected) as exc:
+            code = exc.code if isinstance(exc, ModelRejected) else None
+            raise InvalidRequest(exc.message, code=code,
+                                 details=[{"field": "model", "message": exc.message}]) from None
 
     def _check_loras(self, request: GenerateRequest) -> None:
         """Every LoRA a job names is registered (and a LoRA): refused at submit otherwise."""
         for index, lora in enumerate(request.loras or []):
             try:
                 self.models.resolve_lora(lora.name)
-            except (ModelNotFound, InvalidRequest) as exc:
-                raise InvalidRequest(exc.message, details=[{"field": f"loras.{index}.name",
-                                                            "message": exc.message}]) from None
+            except (ModelNotFound, ModelRejected) as exc:  # a checkpoint's name: not_a_lora
+                code = exc.code if isinstance(exc, ModelRejected) else None
+                raise InvalidRequest(exc.message, code=code, details=[{"field": f"loras.{index}.name",
+                                                                       "message": exc.message}]) from None
 
     def _resolve_inputs(self, request: GenerateRequest) -> tuple[GenerateRequest, dict[str, Any]]:
         """An img2img or inpaint job's images, resolved now (an unknown one, or a mask of another
@@ -376,7 +377,7 @@ class JobService:
         used = (job.get("record") or {}).get("model") or {}
         try:
             record = self.models.resolve(used.get("name")) if used.get("name") else None
-        except ModelNotFound:
+        except (ModelNotFound, ModelRejected):  # gone, or the name is a LoRA's now
             return None
         if record is None or not record.registered or record.sha256 != used.get("sha256"):
             return None

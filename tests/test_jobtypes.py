@@ -172,8 +172,9 @@ def test_loras_fold_into_the_fake_picture_and_the_parameters_text(df_env, tmp_pa
         text = image.info["parameters"]
     assert text.splitlines()[0] == "x <lora:tiny:0.8>"
     assert f'Lora hashes: "tiny: {record.sha256[:10]}"' in text
-    with pytest.raises(InvalidRequest):  # a checkpoint is not a LoRA, a LoRA not a checkpoint
+    with pytest.raises(InvalidRequest) as wrong:  # a LoRA is not a checkpoint
         svc.submit(parse_request({**base, "model": "tiny"}))
+    assert wrong.value.code == "not_a_checkpoint"
 
 
 def _register_lora(svc: JobService, tmp_path: Path, monkeypatch):

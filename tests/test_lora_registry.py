@@ -183,3 +183,14 @@ def test_tiny_loras_in_both_layouts_are_sdxl_loras_that_diffusers_loads(tiny_pip
     finally:
         tiny_pipe.unload_lora_weights()
     assert all(torch.equal(a, b) for a, b in zip(_outputs(tiny_pipe), base, strict=True))
+
+
+def test_a_job_naming_a_lora_as_its_model_is_refused_at_submit(service, tmp_path):
+    from dreamforge.errors import InvalidRequest
+    from dreamforge.schemas import parse_request
+
+    service.models.add_local(write_safetensors(tmp_path / "style.safetensors", PEFT_SDXL))
+    with pytest.raises(InvalidRequest) as refused:
+        service.submit(parse_request({"prompt": "p", "width": 64, "height": 64, "steps": 2, "model": "style"}))
+    assert refused.value.code == "not_a_checkpoint" and refused.value.details[0]["field"] == "model"
+    assert service.list_jobs() == []

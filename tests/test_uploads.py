@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from dreamforge.errors import ImageRejected
+from dreamforge.errors import ImageRejected, InvalidRequest
 from dreamforge.inputs import InputImage, check_mask, resolve_input
 from dreamforge.runners.fake import FakeRunner
 from dreamforge.server.app import create_app
@@ -313,3 +313,32 @@ def test_an_upload_round_trips_through_s3(df_env, seaweed, monkeypatch):
         assert svc.artifact_store.exists(f"dreamforge/default/uploads/{made.json()['id']}.png")
     finally:
         svc.close()
+
+
+@sqlite_only
+def test_a_remote_cli_uploads_through_the_api(df_env, tmp_path):
+    """RemoteService.upload_image (what `df uploads add` uses with DF_API_URL) posts to the API and
+    answers as JobService does; refusals come back as the same errors."""
+    import httpx
+
+    from dreamforge.client import RemoteService
+
+    class InProcess(httpx.BaseTransport):
+        """The app in this process, answered as a plain httpx.Client expects."""
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            answer = api._transport.handle_request(request)
+            return httpx.Response(answer.status_code, headers=answer.headers, content=answer.read())
+
+    data = image_bytes("JPEG")
+    with TestClient(create_app(Settings())) as api:
+        remote = RemoteService("http://testserver", transport=InProcess(), retry_s=0)
+        image = remote.upload_image(data)
+        svc = JobService.from_settings(Settings())
+        try:
+            assert image == svc.upload(image.sha256)
+        finally:
+            svc.close()
+        with pytest.raises(InvalidRequest) as refused:
+            remote.upload_image(b"GIF89a nope")
+        assert refused.value.code == "unsupported_media_type" and "a GIF" in refused.value.message

@@ -1,6 +1,5 @@
 """``df artifacts``: download a job's images; retry uploads that failed."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated

@@ -1,6 +1,5 @@
 """``df db``: the job store's schema (Alembic revisions)."""
 
-from __future__ import annotations
 
 from typing import Annotated
 

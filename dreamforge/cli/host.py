@@ -1,6 +1,5 @@
 """``df env inspect`` and ``df gpu cdi-generate``: the host side of running workers in containers."""
 
-from __future__ import annotations
 
 import os
 import shutil

@@ -1,6 +1,5 @@
 """``df jobs``: list, show, follow, cancel jobs and read their logs."""
 
-from __future__ import annotations
 
 import re
 from collections.abc import Callable
@@ -205,11 +204,11 @@ def prune(
         render.line(f"{verb} {counts['jobs']} jobs and {counts['artifacts']} images")
 
 
-def no_worker_notice() -> Callable[[JobView], None]:
+def no_worker_notice() -> "Callable[[JobView], None]":
     """Say, once, that nothing will run the job."""
     said = False
 
-    def notice(view: JobView) -> None:
+    def notice(view: "JobView") -> None:
         nonlocal said
         if not said:
             note(f"no worker is running: job {view.id} stays {view.status.value} until one starts "
@@ -219,7 +218,7 @@ def no_worker_notice() -> Callable[[JobView], None]:
     return notice
 
 
-def end_of_watch(view: JobView) -> None:
+def end_of_watch(view: "JobView") -> None:
     """Exit 1 with one line when the watched job did not succeed."""
     if view.status is JobStatus.canceled:
         fail(f"job {view.id} was canceled", EXIT_FAILED)

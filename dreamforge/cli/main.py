@@ -1,6 +1,5 @@
 """``df``: submit, follow and run image-generation jobs."""
 
-from __future__ import annotations
 
 import contextlib
 import logging
@@ -63,7 +62,7 @@ class LocalRun:
     """Runs the job in this process when no worker is live: at once, or when the last live
     worker stops answering while the job still waits in the queue."""
 
-    def __init__(self, service: JobService | RemoteService, settings: Settings, job_id: str):
+    def __init__(self, service: "JobService | RemoteService", settings: "Settings", job_id: str):
         self.service, self.settings, self.job_id = service, settings, job_id
         self.inline: InlineWorker | None = None
         # A server's jobs run on its own workers: with none live, say so and go on watching.
@@ -86,7 +85,7 @@ class LocalRun:
         if self.inline is not None:
             self.inline.check()
 
-    def on_no_worker(self, view: JobView) -> None:
+    def on_no_worker(self, view: "JobView") -> None:
         if self.inline is not None:
             return  # ours: the in-process run does not register as a worker
         if view.status is JobStatus.queued:
@@ -141,7 +140,7 @@ def _lora_option(text: str) -> dict[str, object]:
         raise InvalidRequest(f"--lora takes NAME or NAME:WEIGHT, not {inert(text, 80)!r}") from None
 
 
-def _input_ref(service: JobService | RemoteService, given: str, flag: str) -> object:
+def _input_ref(service: "JobService | RemoteService", given: str, flag: str) -> object:
     """A file (uploaded now through the service, which answers with its id), JOB_ID[:ITEM], or
     an upload's id (df uploads add)."""
     import re
@@ -267,7 +266,7 @@ def generate(
             typer.echo(location)
 
 
-def _write_outputs(service: JobService | RemoteService, view: JobView, output: Path) -> list[str]:
+def _write_outputs(service: "JobService | RemoteService", view: "JobView", output: Path) -> list[str]:
     """-o FILE: the image there; for a batch, each item beside it as FILE-<item>."""
     output.parent.mkdir(parents=True, exist_ok=True)
     written = []

@@ -1,7 +1,6 @@
 """``df models``: the checkpoints jobs can name: list, show, add (a file, a folder or a URL),
 remove, verify, default, scan."""
 
-from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ app = typer.Typer(help="The SDXL checkpoints and LoRAs jobs can name: list, add 
                        "remove, verify, default, scan.", **TYPER_OPTIONS)
 
 
-def _json(record: ModelRecord) -> dict[str, Any]:
+def _json(record: "ModelRecord") -> dict[str, Any]:
     from dreamforge.registry.views import model_object
 
     return {**model_object(record), "location": str(record.location)}

@@ -1,6 +1,5 @@
 """``df webhooks``: the webhook deliveries, and sending one again."""
 
-from __future__ import annotations
 
 from typing import Annotated, Any
 
