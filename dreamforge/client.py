@@ -182,7 +182,11 @@ class RemoteService:
 
     # -- the doors' commands ----------------------------------------------------------------------
     def submit(self, request: GenerateRequest) -> Submitted:
-        response = self._post("/v1/jobs", json=request.model_dump(mode="json", exclude_none=True))
+        body = request.model_dump(mode="json", exclude_none=True)
+        if request.type != "generate":  # unset, the server takes the input image's size
+            for name in {"width", "height"} - request.model_fields_set:
+                del body[name]
+        response = self._post("/v1/jobs", json=body)
         return Submitted(self._job(response), response.headers.get("idempotent-replayed") != "true")
 
     def cancel(self, job_id: str) -> JobView:

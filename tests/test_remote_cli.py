@@ -358,3 +358,22 @@ def test_answers_that_are_not_the_apis_are_clear_errors():
     for url in ("http://[::1", "http://host/?x=1", "file:///tmp/x", "gpu-box:8001"):
         with pytest.raises(DreamForgeError, match="DF_API_URL must be"):
             RemoteService(url)
+
+
+def test_img2img_from_a_file_and_inpaint_from_a_job_through_the_server(envs, tmp_path):
+    """--init-image PATH uploads through POST /v1/uploads; JOB_ID:ITEM names the server's job."""
+    from PIL import Image
+
+    source, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    Image.new("RGB", (96, 72), (20, 90, 160)).save(source)
+    Image.new("L", (96, 72), 255).save(mask)
+    first = df(envs["remote"], "generate", "a barn", "--init-image", str(source), "--steps", "2", "--wait", "--json")
+    assert first.exit_code == 0, first.output
+    view = json.loads(first.stdout)
+    assert view["type"] == "img2img" and view["status"] == "succeeded"
+    assert (view["params"]["width"], view["params"]["height"]) == (96, 72)  # the image's size, unset
+    assert view["params"]["init_image"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    second = df(envs["remote"], "generate", "a horse", "--init-image", f"{view['id']}:0", "--mask-image", str(mask),
+                "--steps", "2", "--json")
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.stdout)["params"]["init_image"] == {"job_id": view["id"], "item": 0}

@@ -23,6 +23,12 @@ from dreamforge.schemas import (
 SPEC_PATH = Path("docs/openapi/openapi.v1.json")
 REF = "#/components/schemas/{model}"
 
+EXAMPLE_IMG2IMG = {"type": "img2img", "prompt": "the same street in snow", "strength": 0.6, "steps": 30,
+                   "init_image": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                   "loras": [{"name": "detail-xl", "weight": 0.8}]}
+EXAMPLE_INPAINT = {"type": "inpaint", "prompt": "a red door",
+                   "init_image": {"job_id": "3f0c1b7e-8a52-4c3e-9d0f-2b6a7c1e5d44", "item": 0},
+                   "mask_image": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"}
 EXAMPLE_REQUEST = {"type": "generate", "prompt": "an old-growth forest at dawn", "width": 1024,
                    "height": 1024, "steps": 24, "guidance": 7.0, "format": "png"}
 JOB_ID = "8b0f7a52-3c1e-4d7a-9a51-2d0c8e7f1a10"
@@ -119,7 +125,7 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
     paths = {
         "/v1/jobs": {
             "post": {
-                "operationId": "createJob", "summary": "Submit a generate job",
+                "operationId": "createJob", "summary": "Submit a job: generate, img2img or inpaint",
                 "parameters": [REQUEST_ID, {
                     "name": "Idempotency-Key", "in": "header", "required": False,
                     "description": "The same key with the same body returns the first job; with "
@@ -127,7 +133,12 @@ def build_spec(token_required: bool = True) -> dict[str, Any]:
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255,
                                "pattern": VISIBLE_PATTERN}}],
                 "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": REF.format(model="GenerateRequest")}, "example": EXAMPLE_REQUEST}}},
+                    "schema": {"$ref": REF.format(model="GenerateRequest")}, "examples": {
+                        "generate": {"value": EXAMPLE_REQUEST},
+                        "img2img": {"summary": "From an upload (POST /v1/uploads), with a LoRA",
+                                    "value": EXAMPLE_IMG2IMG},
+                        "inpaint": {"summary": "Repaint the white part of a mask on an earlier job's image",
+                                    "value": EXAMPLE_INPAINT}}}}},
                 "responses": {
                     "202": {**_job("Accepted: the job is queued", EXAMPLE_QUEUED),
                             "headers": {"Location": {"schema": {"type": "string"},
