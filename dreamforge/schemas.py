@@ -13,7 +13,6 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from dreamforge.errors import InvalidRequest
@@ -131,14 +130,14 @@ class GenerateRequest(BaseModel):
                                   "null: the checkpoint's own (Euler for SDXL base).")
     # -- images in and LoRAs (issue #19) ---------------------------------------------------------
     init_image: InputRef | None = Field(
-        default=None,
+        default=None, validate_default=True,
         description="img2img and inpaint (required there): the image to start from. " + _INPUT_DESCRIPTION)
     mask_image: InputRef | None = Field(
-        default=None,
+        default=None, validate_default=True,
         description="inpaint (required there): white repaints, black keeps; the init image's size "
                     "(else 422). Outside the mask the output's pixels are the input's, exactly.")
     strength: float | None = Field(
-        default=None, ge=0, le=1, allow_inf_nan=False,
+        default=None, ge=0, le=1, allow_inf_nan=False, validate_default=True,
         description="img2img and inpaint: how far from the input to go, 0-1 (unset: 0.75 for img2img, "
                     "1.0 for inpaint). The job runs int(steps * strength) denoising steps (at least 1).")
     loras: list[LoraRequest] | None = Field(
@@ -185,26 +184,31 @@ class GenerateRequest(BaseModel):
             raise ValueError("an input image is an upload id (64 hex digits) or {\"job_id\": ID, \"item\": N}")
         return value
 
-    @model_validator(mode="after")
-    def _inputs_fit_the_type(self) -> GenerateRequest:
-        kind = self.type
+    @field_validator("init_image", "mask_image", "strength")
+    @classmethod
+    def _fits_the_type(cls, value: Any, info: ValidationInfo) -> Any:
+        """Each of these belongs to some job types (validated even when unset, so that a missing
+        one is named as its own field); an img2img or inpaint job's strength defaults here."""
+        kind, name = info.data.get("type"), info.field_name
+        if kind is None:
+            return value  # the type itself was refused
         if kind == "generate":
-            for name in ("init_image", "mask_image", "strength"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name} is for img2img and inpaint jobs, not generate")
-            return self
-        if self.init_image is None:
+            if value is not None:
+                raise ValueError(f"{name} is for img2img and inpaint jobs, not generate")
+            return value
+        if name == "init_image" and value is None:
             raise ValueError(f"an {kind} job needs init_image")
-        if kind == "img2img" and self.mask_image is not None:
+        if name == "mask_image" and kind == "img2img" and value is not None:
             raise ValueError("mask_image is for inpaint jobs; img2img changes the whole image")
-        if kind == "inpaint" and self.mask_image is None:
+        if name == "mask_image" and kind == "inpaint" and value is None:
             raise ValueError("an inpaint job needs mask_image (white: repaint)")
-        if self.strength is None:
-            self.strength = DEFAULT_STRENGTH[kind]
-        if self.denoising_steps() < 1:
-            raise ValueError(f"strength {self.strength} of {self.steps} steps runs no denoising step "
-                             "(int(steps * strength) must be at least 1)")
-        return self
+        if name == "strength":
+            value = DEFAULT_STRENGTH[kind] if value is None else value
+            steps = info.data.get("steps")
+            if steps is not None and denoising_steps(steps, value) < 1:
+                raise ValueError(f"strength {value} of {steps} steps runs no denoising step "
+                                 "(int(steps * strength) must be at least 1)")
+        return value
 
     def denoising_steps(self) -> int:
         """The steps each item runs (progress counts these): ``steps``, or int(steps * strength)."""

@@ -153,6 +153,8 @@ def test_bad_inputs_and_loras_are_422_and_nothing_is_queued(df_env):
             r = api.post("/v1/jobs", json=body)
             assert r.status_code == 422, (body, r.text)
             assert r.json()["error"]["code"] == code, (body, r.json())
+        missing = api.post("/v1/jobs", json={"type": "inpaint", "prompt": "x", "init_image": init})
+        assert missing.json()["error"]["details"][0]["field"] == "mask_image"  # named, for the form
     assert svc.list_jobs() == []
 
 
