@@ -81,6 +81,7 @@ def rgb(data: bytes) -> Image.Image:
 def test_img2img_is_reproducible_follows_its_input_and_runs_strength_times_steps(df_env, model):
     svc = JobService.from_settings(Settings())
     red, blue = svc.upload_image(png((200, 30, 30))).sha256, svc.upload_image(png((30, 30, 200))).sha256
+    plain = files(svc, run(svc, model, width=64, height=64))
     first = run(svc, model, type="img2img", init_image=red, strength=0.5)
     view = svc.get(first)
     # 4 steps at strength 0.5: Diffusers runs the last int(4 * 0.5) = 2 of the schedule.
@@ -91,6 +92,9 @@ def test_img2img_is_reproducible_follows_its_input_and_runs_strength_times_steps
     assert files(svc, run(svc, model, type="img2img", init_image=blue, strength=0.5)) != files(svc, first)
     full = svc.get(run(svc, model, type="img2img", init_image=red, strength=1.0, count=2))
     assert full.steps[0].progress.model_dump() == {"current": 8, "total": 8} and full.record["batches"] == [2]
+    # The img2img pipeline shares the loaded components and changes nothing of them.
+    assert model.pipeline("img2img").unet is model.pipe.unet
+    assert files(svc, run(svc, model, width=64, height=64)) == plain
 
 
 def test_inpainting_leaves_the_pixels_outside_the_mask_exactly_as_they_were(df_env, model):
@@ -131,3 +135,24 @@ def test_a_lora_at_weight_0_is_the_base_at_1_is_not_and_unloading_restores_the_b
     assert model._loras  # kept loaded for the next job that uses it
     again = files(svc, run(svc, model, **size))[0]
     assert not model._loras and again == base  # the whole file: the same bytes as before any LoRA
+
+
+@pytest.fixture(scope="module")
+def peft_file(model, tmp_path_factory) -> Path:
+    model.apply_loras(())  # from the model's own layers, whatever an earlier test left loaded
+    return write_tiny_lora(tmp_path_factory.mktemp("lora") / "tiny-peft.safetensors", model.pipe, "peft", seed=1)
+
+
+def test_two_loras_in_both_layouts_and_dropping_one_leaves_exactly_the_other(df_env, model, lora_file, peft_file):
+    svc = JobService.from_settings(Settings())
+    svc.models.add_local(lora_file, name="style-kohya")
+    svc.models.add_local(peft_file, name="style.peft")  # a dot: adapter names are made safe for PEFT
+    size = {"width": 64, "height": 64}
+    both = run(svc, model, **size, loras=[{"name": "style-kohya", "weight": 1.0},
+                                          {"name": "style.peft", "weight": 0.5}])
+    assert len(model._loras) == 2
+    dropped = files(svc, run(svc, model, **size, loras=[{"name": "style.peft", "weight": 0.5}]))[0]
+    assert len(model._loras) == 1
+    run(svc, model, **size)  # every LoRA out
+    fresh = files(svc, run(svc, model, **size, loras=[{"name": "style.peft", "weight": 0.5}]))[0]
+    assert dropped == fresh and dropped != files(svc, both)[0]
