@@ -245,7 +245,8 @@ class Executor:
             for item, made in enumerate(batch.images):
                 te = time.perf_counter()
                 data = imaging.encode(made.image, request.format,
-                                      imaging.item_metadata(meta, item, made.seed, self.runner.name, record))
+                                      imaging.item_metadata(meta, item, made.seed, self.runner.name, record),
+                                      self.service.settings.png_compress_level)
                 ts = time.perf_counter()
                 encode_s += ts - te
                 key = self._begin_upload(fence, item, made, request.format, request.type)

@@ -62,7 +62,13 @@ def item_metadata(params: dict[str, Any], item: int, seed: int, runner: str,
     return {**params, "seed": seed, "item_index": item, "runner": runner, "record": record}
 
 
-def encode(image: Image.Image, fmt: str, params: dict[str, Any]) -> bytes:
+# zlib level 4: within 1.07-1.23x of level 9's size at a tenth of its time on 1024x1024 pictures
+# (benchmarks/png_levels.py, docs/measurements/png-levels-cpu.log); DF_PNG_COMPRESS_LEVEL.
+PNG_COMPRESS_LEVEL = 4
+
+
+def encode(image: Image.Image, fmt: str, params: dict[str, Any],
+           png_compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
     meta = json.dumps(params, sort_keys=True, ensure_ascii=False)
     buf = io.BytesIO()
     if fmt == "png":
@@ -70,7 +76,7 @@ def encode(image: Image.Image, fmt: str, params: dict[str, Any]) -> bytes:
         # iTXt (UTF-8) so that any prompt survives; "parameters" is what A1111 and ComfyUI read.
         info.add_itxt("parameters", parameters_text(params))
         info.add_itxt(METADATA_KEY, meta)
-        image.save(buf, format="PNG", pnginfo=info, compress_level=4)
+        image.save(buf, format="PNG", pnginfo=info, compress_level=png_compress_level)
     else:
         exif = Image.Exif()
         exif[EXIF_IMAGE_DESCRIPTION] = meta

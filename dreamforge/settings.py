@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # The most items of a batch one pipeline call makes (the SDXL runner halves it when the GPU
     # runs out of memory). 1: each item alone, bit for bit the image of a count-1 job with its seed.
     max_batch: int = Field(default=8, ge=1, le=8)
+    # PNG zlib level (0-9): 4 balances size and time (benchmarks/png_levels.py); 1 for speed.
+    png_compress_level: int = Field(default=4, ge=0, le=9)
     # The child reports after every step; this much silence means it hung. Loading gets longer.
     step_timeout_s: float = Field(default=600.0, gt=0)
     load_timeout_s: float = Field(default=1800.0, gt=0)

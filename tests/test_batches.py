@@ -286,3 +286,18 @@ def test_cli_count_output_files_show_and_rerun(df_env, tmp_path: Path):
     assert plain.exit_code == 0 and service().get(plain.stdout.strip()).params["seed"] is None
     missing = cli.invoke(app, ["jobs", "rerun", "nope"])
     assert missing.exit_code == 1 and len(missing.output.strip().splitlines()) == 1
+
+
+@sqlite_only
+def test_png_compress_level_is_a_setting(df_env, monkeypatch):
+    """DF_PNG_COMPRESS_LEVEL=0 stores the same pixels uncompressed: a larger file."""
+    sizes, images = [], []
+    for level in ("4", "0"):
+        monkeypatch.setenv("DF_PNG_COMPRESS_LEVEL", level)
+        svc = service()
+        job = svc.submit(request(prompt=f"level {level}")).view
+        assert run(svc, job.id) == "succeeded"
+        [data] = made(svc, job.id)
+        sizes.append(len(data))
+        images.append(data)
+    assert sizes[1] > sizes[0]
