@@ -207,13 +207,22 @@ class JobService:
         params = request.model_dump(mode="json")
         if inputs:
             params["inputs"] = inputs
+        return self._queue_job(params, request.type, correlation_id=correlation_id,
+                               idempotency_key=idempotency_key, idempotency_scope=idempotency_scope,
+                               retry_of=retry_of, rerun_of=rerun_of)
+
+    def _queue_job(self, params: dict[str, Any], job_type: str, *, correlation_id: str | None,
+                   idempotency_key: str | None, idempotency_scope: str, retry_of: str | None,
+                   rerun_of: str | None = None) -> Submitted:
+        """Record a queued job and ring the queue: both happen or neither does. The idempotency
+        key's request is the parameters (and the job a rerun repeats)."""
         key_hash = _sha256(f"{_sha256(idempotency_scope)}:{idempotency_key}") if idempotency_key else None
         hashed: Any = params if rerun_of is None else {"params": params, "rerun_of": rerun_of}
         request_hash = _sha256(json.dumps(hashed, sort_keys=True)) if idempotency_key else None
         job, created = self.job_store.create(params, correlation_id=correlation_id,
                                              idempotency_key_hash=key_hash,
                                              request_hash=request_hash, retry_of=retry_of,
-                                             rerun_of=rerun_of, job_type=request.type,
+                                             rerun_of=rerun_of, job_type=job_type,
                                              idempotency_ttl_s=self.settings.idempotency_ttl.total_seconds())
         if created:
             try:
@@ -291,20 +300,9 @@ class JobService:
                                  details=[{"field": "source", "message": "no credentials in the URL"}])
         name, _ = self.models.plan_download(request.source, request.name)
         params = request.model_copy(update={"name": name}).model_dump(mode="json")
-        key_hash = _sha256(f"{_sha256(idempotency_scope)}:{idempotency_key}") if idempotency_key else None
-        request_hash = _sha256(json.dumps(params, sort_keys=True)) if idempotency_key else None
-        job, created = self.job_store.create(params, correlation_id=correlation_id,
-                                             idempotency_key_hash=key_hash, request_hash=request_hash,
-                                             retry_of=retry_of, job_type="download",
-                                             idempotency_ttl_s=self.settings.idempotency_ttl.total_seconds())
-        if created:
-            try:
-                self.queue.enqueue(job["id"])
-            except DreamForgeError:
-                if not self.job_store.delete_if_queued(job["id"]):
-                    log.warning("[job=%s] the queue failed but a worker already took the job", job["id"])
-                raise
-        return Submitted(self._view(job), created)
+        return self._queue_job(params, "download", correlation_id=correlation_id,
+                               idempotency_key=idempotency_key, idempotency_scope=idempotency_scope,
+                               retry_of=retry_of)
 
     def cancel(self, job_id: str) -> JobView:
         """queued → canceled at once (no worker will run it); running → canceled, and its holder
