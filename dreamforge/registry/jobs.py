@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from dreamforge.errors import BackendUnavailable, InvalidRequest
+from dreamforge.errors import BackendUnavailable
 from dreamforge.registry.download import MAX_URL
 from dreamforge.registry.records import NAME_PATTERN
 
@@ -49,13 +49,9 @@ class DownloadRequest(BaseModel):
 
 
 def parse_download(data: Any) -> DownloadRequest:
-    from dreamforge.schemas import field_errors
+    from dreamforge.schemas import parse_as
 
-    try:
-        return DownloadRequest.model_validate(data)
-    except ValidationError as exc:
-        details = field_errors(exc)
-        raise InvalidRequest(details[0]["message"], details=details) from None
+    return parse_as(DownloadRequest, data)
 
 
 class JobProgress:

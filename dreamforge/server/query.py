@@ -7,11 +7,11 @@ import re
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 
 from dreamforge.errors import InvalidRequest
-from dreamforge.schemas import JobStatus, field_errors
+from dreamforge.schemas import JobStatus, parse_as
 from dreamforge.status import JOB_TYPE_PATTERN
 
 M = TypeVar("M", bound=BaseModel)
@@ -89,11 +89,6 @@ class ContentQuery(Query):
         return value
 
 
-def _invalid(exc: ValidationError) -> InvalidRequest:
-    details = field_errors(exc)
-    return InvalidRequest(details[0]["message"], details=details)
-
-
 def parse_query(model: type[M], request: Request) -> M:
     lists = model.LISTS if issubclass(model, Query) else frozenset()
     data: dict[str, Any] = {}
@@ -105,10 +100,7 @@ def parse_query(model: type[M], request: Request) -> M:
                                  details=[{"field": key[:100], "message": "give it once"}])
         else:
             data[key] = value
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
+    return parse_as(model, data)
 
 
 def resume_from(request: Request, after: int) -> int:
