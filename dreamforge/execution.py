@@ -12,11 +12,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import queue
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from dreamforge import __version__, imaging, metrics
@@ -31,7 +35,7 @@ from dreamforge.errors import (
     StorageError,
 )
 from dreamforge.moves import Fence, JobFailure
-from dreamforge.runners import GeneratedImage, Generation, LoraChoice, ModelChoice, Runner
+from dreamforge.runners import GeneratedBatch, GeneratedImage, Generation, LoraChoice, ModelChoice, Runner
 from dreamforge.schemas import MAX_SEED, GenerateRequest, request_of
 from dreamforge.service import JobService
 from dreamforge.spool import Spool
@@ -97,8 +101,89 @@ class JobLogger(logging.LoggerAdapter):
                 pass  # the worker's own log has the line; the job's is best effort
 
 
+@dataclass
+class Generated:
+    """A job whose images exist in this process and are not stored yet: what storing them needs."""
+
+    request: GenerateRequest
+    generation: Generation
+    batch: GeneratedBatch
+    inputs: dict[str, Any]
+    generate_s: float
+
+
+Finish = Callable[[], "str | None"]
+
+
+class FinishingStage:
+    """Where a generated job's images are encoded, checksummed, uploaded and its success recorded,
+    on a thread of its own, while the runner makes the next job's images: the GPU never waits on
+    that CPU work. At most ``depth`` jobs are here at once; a runner that gets further ahead
+    waits, so memory holds at most that many finished batches. A job here is still held by this
+    worker (its heartbeat goes on), so a crash in this window leaves it running under a silent
+    holder, and it is reclaimed and run again like any other."""
+
+    def __init__(self, depth: int):
+        self._slots = threading.BoundedSemaphore(depth)
+        self._work: queue.SimpleQueue[tuple[Future[str | None], Finish] | None] = queue.SimpleQueue()
+        self._pending: set[Future[str | None]] = set()
+        self._lock = threading.Lock()
+        # A daemon: a process that must exit (a second Ctrl-C) is not held by a store that is away;
+        # what this thread held is then reclaimed like a crashed worker's job.
+        self._thread = threading.Thread(target=self._loop, name="df-finishing", daemon=True)
+
+    def submit(self, finish: Finish) -> Future[str | None]:
+        self._slots.acquire()
+        future: Future[str | None] = Future()
+        with self._lock:
+            if self._thread.ident is None:
+                self._thread.start()
+            self._pending.add(future)
+        self._work.put((future, finish))
+        return future
+
+    def _loop(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, finish = item
+            status: str | None = None
+            error: BaseException | None = None
+            try:
+                status = finish()
+            except BaseException as exc:
+                error = exc
+            # The slot and the pending set are freed before the future's callbacks run, so a
+            # worker waiting to submit is not held up by them.
+            with self._lock:
+                self._pending.discard(future)
+            self._slots.release()
+            if error is None:
+                future.set_result(status)
+            else:
+                future.set_exception(error)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for the jobs here to be stored; True when none is left."""
+        with self._lock:
+            pending = set(self._pending)
+        return not wait_futures(pending, timeout).not_done
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._work.put(None)
+
+
+def _settled(status: str | None) -> Future[str | None]:
+    future: Future[str | None] = Future()
+    future.set_result(status)
+    return future
+
+
 class Executor:
-    """Runs jobs for one worker identity. Thread-safe: ``held`` lists the claims it holds now."""
+    """Runs jobs for one worker identity. Thread-safe: ``held`` lists the claims it holds now.
+
+    ``execute`` runs a job to its end. ``start`` (what a worker's queue handler calls) returns
+    once the runner is done with the job, leaving the storing of its images to the finishing
+    stage (DF_FINISHING_JOBS deep) so the next job can start."""
 
     def __init__(self, service: JobService, runner: Runner, worker_id: str):
         self.service = service
@@ -108,6 +193,8 @@ class Executor:
         self.spool = Spool(service.settings.spool_dir)
         self._held: dict[str, Fence] = {}
         self._lock = threading.Lock()
+        depth = service.settings.finishing_jobs
+        self.finishing = FinishingStage(depth) if depth else None
 
     def held(self) -> list[Fence]:
         with self._lock:
@@ -138,31 +225,80 @@ class Executor:
         """Run the job if this worker wins it; returns the status it ended in, or None when the
         job was not queued (a duplicate delivery, or a job another worker holds or finished) or
         was lost to another worker midway."""
+        return self._start(job_id, None).result()
+
+    def start(self, job_id: str) -> Future[str | None]:
+        """``execute``, but returning as soon as the runner is free for the next job: the job's
+        images are stored in the finishing stage, and the future settles when they are."""
+        return self._start(job_id, self.finishing)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for the finishing stage to store what it holds; True when it holds nothing."""
+        return self.finishing is None or self.finishing.drain(timeout)
+
+    def close(self) -> None:
+        if self.finishing is not None:
+            self.finishing.close()
+
+    def _start(self, job_id: str, stage: FinishingStage | None) -> Future[str | None]:
         claim = self._patiently(f"[job={job_id}] claiming",
                                 lambda: self.service.claim(job_id, self.worker_id))
         if claim is None:
             log.info("[job=%s] not queued any more: duplicate delivery dropped", job_id)
-            return None
+            return _settled(None)
         fence = claim.fence
         jlog = JobLogger(log, {"job_id": job_id, "correlation_id": claim.correlation_id or "-"},
                          record=lambda level, message: self.service.job_log(fence, level, message))
         jlog.info("started (attempt %d) on %s", claim.fence.attempt, self.worker_id)
         with self._lock:
             self._held[job_id] = claim.fence
-        try:
-            with metrics.attempt(claim.queued_s) as attempt:
-                status = self._run(claim.fence, claim.params, jlog)
-                attempt.ended(status)
-                return status
-        finally:
+        # The attempt (a busy slot, its running time) ends when the job does, maybe on the
+        # finishing stage's thread.
+        ending = ExitStack()
+        attempt = ending.enter_context(metrics.attempt(claim.queued_s))
+
+        def end(status: str | None) -> None:
+            attempt.ended(status)
             with self._lock:
                 self._held.pop(job_id, None)
+            ending.close()
 
-    def _run(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | None:
         try:
-            if params.get("type") == "download":
-                return self._download(fence, params, jlog)
-            return self._generate_and_store(fence, params, jlog)
+            outcome = self._guarded(fence, jlog, lambda: self._run(fence, claim.params, jlog))
+            if not callable(outcome):
+                end(outcome)
+                return _settled(outcome)
+            finish = functools.partial(self._guarded, fence, jlog, outcome)
+            if stage is None:
+                status = finish()
+                end(status)
+                return _settled(status)
+            future = stage.submit(finish)
+        except BaseException:
+            end(None)
+            raise
+
+        def finished(done: Future[str | None]) -> None:
+            error = done.exception()
+            if error is not None:
+                # As when the store is away mid-run: the job stays running under this worker
+                # until it is reclaimed, and runs again.
+                log.error("[job=%s] storing the images failed: %s: %s", job_id, type(error).__name__, error)
+            end(None if error else done.result())
+
+        future.add_done_callback(finished)
+        return future
+
+    def _run(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | Finish | None:
+        if params.get("type") == "download":
+            return self._download(fence, params, jlog)
+        generated = self._generate(fence, params, jlog)
+        return functools.partial(self._store, fence, generated, jlog)
+
+    def _guarded(self, fence: Fence, jlog: JobLogger, work: Callable[[], T]) -> T | str | None:
+        """Run part of a job, turning what ends it early into the status it ended in."""
+        try:
+            return work()
         except LostJob:
             if self.service.job_store.job_state(fence.job_id) == "canceled":
                 log.info("[job=%s] canceled: the run stopped and stored nothing", fence.job_id)
@@ -178,7 +314,7 @@ class Executor:
             jlog.exception("failed with an unexpected error")
             return self._fail(fence, JobFailure("internal_error", f"{type(exc).__name__}: {exc}"), jlog)
 
-    def _generate_and_store(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> str | None:
+    def _generate(self, fence: Fence, params: dict[str, Any], jlog: JobLogger) -> Generated:
         service = self.service
         request = request_of(params)
         if request.seed is None:
@@ -225,7 +361,14 @@ class Executor:
 
         t0 = time.perf_counter()
         batch = self.runner.generate(generation, on_progress)
-        t1 = time.perf_counter()
+        return Generated(request, generation, batch, inputs, time.perf_counter() - t0)
+
+    def _store(self, fence: Fence, generated: Generated, jlog: JobLogger) -> str | None:
+        """Encode, upload and record a generated job's images (on the finishing stage, when
+        the job went through ``start``)."""
+        service = self.service
+        request, generation, batch, inputs = (generated.request, generated.generation, generated.batch,
+                                              generated.inputs)
         record = run_record(batch.record, generation, inputs)
         meta = {**asdict(generation), "format": request.format}
         # The images' own bytes stay out of their metadata: their sha256 names them.
@@ -268,7 +411,7 @@ class Executor:
             raise
         if unstored:
             return self._storage_failed(fence, stored, unstored, record, jlog)
-        timings = {"generate_s": round(t1 - t0, 4), "encode_s": round(encode_s, 4),
+        timings = {"generate_s": round(generated.generate_s, 4), "encode_s": round(encode_s, 4),
                    "store_s": round(store_s, 4)}
         if batch.model_s is not None:
             timings["model_s"] = round(batch.model_s, 4)

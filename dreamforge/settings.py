@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     queue_name: str = "dreamforge"
     # How long a worker holds a message or a finished image while the job store is away.
     store_wait_s: float = Field(default=300.0, ge=0)
+    # Jobs whose images may still be encoding and uploading while the runner makes the next
+    # job's, so the GPU never waits on that CPU work; 0: each job is stored before the next starts.
+    finishing_jobs: int = Field(default=1, ge=0, le=4)
     orphan_sweep_interval_s: float = Field(default=30.0, gt=0)
     # How fast an idle consumer polls a queue that cannot block (SQLite).
     poll_interval_s: float = Field(default=0.02, gt=0)

@@ -120,7 +120,7 @@ class WorkerRuntime:
         self._deliverer = service.webhook_deliverer(flush_on_stop=not register)
 
     def start(self) -> None:
-        self.service.queue.serve(self.executor.execute)
+        self.service.queue.serve(self.executor.start)
         self.beat()
         self._heartbeat.start()
         self._reaper.start()
@@ -145,7 +145,17 @@ class WorkerRuntime:
             if self.executor.hand_back(fence.job_id, reason):
                 log.info("[job=%s] handed back to the queue", fence.job_id)
 
+    def finish_held(self, timeout: float, reason: str) -> None:
+        """Let the finishing stage store the images it holds (they exist: storing them is the
+        quickest way to those jobs' end) for up to ``timeout``; hand back what is still held."""
+        if not self.executor.drain(timeout):
+            log.warning("images still being stored after %.0f s", timeout)
+        self.hand_back_held(reason)
+
     def stop(self) -> None:
+        # The heartbeat goes on while the finishing stage stores what it holds.
+        self.finish_held(self.service.settings.shutdown_grace_s, "worker stopped")
+        self.executor.close()
         self._heartbeat.stop()
         self._reaper.stop()
         if self._deliverer is not None:
@@ -275,8 +285,9 @@ class EmbeddedWorker:
 
     def stop(self) -> None:
         """Take no new job; let the current one finish within the grace period, else hand it back."""
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
         self._stop.set()
         self._thread.join(timeout=self.settings.shutdown_grace_s)
-        self.runtime.hand_back_held("server stopped")
+        self.runtime.finish_held(max(0.0, deadline - time.monotonic()), "server stopped")
         metrics.worker_stopped(self.runtime.worker_id, self.runner.name)
         self.runtime.stop()
