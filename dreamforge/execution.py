@@ -35,6 +35,7 @@ from dreamforge.errors import (
     StorageError,
 )
 from dreamforge.moves import Fence, JobFailure
+from dreamforge.progress import LostJob, ProgressReporter
 from dreamforge.runners import GeneratedBatch, GeneratedImage, Generation, LoraChoice, ModelChoice, Runner
 from dreamforge.schemas import MAX_SEED, GenerateRequest, request_of
 from dreamforge.service import JobService
@@ -44,9 +45,6 @@ from dreamforge.tables import utcnow
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# A 150-step job on a fast GPU would otherwise write 30 progress rows a second.
-PROGRESS_EVERY_S = 0.25
-CANCEL_CHECK_S = 0.1
 
 
 def run_record(runner_record: dict[str, Any], generation: Generation,
@@ -68,10 +66,6 @@ def run_record(runner_record: dict[str, Any], generation: Generation,
 
 def lora_list(generation: Generation) -> list[dict[str, Any]]:
     return [{"name": lora.name, "sha256": lora.sha256, "weight": lora.weight} for lora in generation.loras]
-
-
-class LostJob(Exception):
-    """This worker no longer holds the job (it was reclaimed after a missed heartbeat)."""
 
 
 class JobLogger(logging.LoggerAdapter):
@@ -110,6 +104,7 @@ class Generated:
     batch: GeneratedBatch
     inputs: dict[str, Any]
     generate_s: float
+    progress: ProgressReporter
 
 
 Finish = Callable[[], "str | None"]
@@ -332,41 +327,17 @@ class Executor:
                                 init_image=self._input_bytes(inputs.get("init_image")),
                                 mask_image=self._input_bytes(inputs.get("mask_image")))
 
-        written = checked = 0.0
-        recorded = -1
-
-        def on_progress(current: int, total: int) -> None:
-            # Coalesced: at most one progress write per PROGRESS_EVERY_S, and always the last
-            # step. Between writes, a cheap read every CANCEL_CHECK_S notices a cancel (or a
-            # reclaim) within a step and that long. Runners may call this between steps too,
-            # with the step they are on, just to ask whether the job is still wanted.
-            nonlocal written, checked, recorded
-            now = time.monotonic()
-            try:
-                if current != recorded and (current >= total or now - written >= PROGRESS_EVERY_S):
-                    held = service.progress(fence, current, total)
-                    written = checked = now
-                    recorded = current
-                elif now - checked >= CANCEL_CHECK_S:
-                    held = service.holds(fence)
-                    checked = now
-                else:
-                    return
-            except BackendUnavailable as exc:
-                # Progress is best effort: the image is worth more than the bar.
-                jlog.warning("progress not recorded: %s", exc.message)
-                return
-            if not held:
-                raise LostJob(fence.job_id)
-
         t0 = time.perf_counter()
-        batch = self.runner.generate(generation, on_progress)
-        return Generated(request, generation, batch, inputs, time.perf_counter() - t0)
+        with ProgressReporter(service, fence, functools.partial(jlog.warning, "%s")) as progress:
+            batch = self.runner.generate(generation, progress.report)
+        return Generated(request, generation, batch, inputs, time.perf_counter() - t0, progress)
 
     def _store(self, fence: Fence, generated: Generated, jlog: JobLogger) -> str | None:
         """Encode, upload and record a generated job's images (on the finishing stage, when
         the job went through ``start``)."""
         service = self.service
+        if not generated.progress.wait():  # its last progress first, so events come in order
+            raise LostJob(fence.job_id)
         request, generation, batch, inputs = (generated.request, generated.generation, generated.batch,
                                               generated.inputs)
         record = run_record(batch.record, generation, inputs)

@@ -7,12 +7,11 @@ artifact: the model is registered, and the job's last status event names it.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dreamforge.errors import BackendUnavailable
+from dreamforge.progress import LostJob, ProgressReporter
 from dreamforge.registry.download import MAX_URL
 from dreamforge.registry.records import NAME_PATTERN
 
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     from dreamforge.service import JobService
 
 MIB = 1024 * 1024
-PROGRESS_EVERY_S = 0.25
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 # An https URL with a host: what the schema can say. The server checks more (the host's form, the
 # port's range, no credential in the URL) and answers 422 for what fails.
@@ -54,37 +52,30 @@ def parse_download(data: Any) -> DownloadRequest:
     return parse_as(DownloadRequest, data)
 
 
-class JobProgress:
-    """Download progress into the job's step: MiB, at most one write per PROGRESS_EVERY_S and
-    always the last. A refused write means the job was canceled or taken: the download stops
-    (its partial file stays, for a later try to resume)."""
+class DownloadProgress:
+    """Bytes downloaded, as MiB of the job's step (written as every job's progress is, see
+    dreamforge/progress.py). Of a size the server did not say, the bar stays one MiB short
+    until the end."""
 
-    def __init__(self, service: JobService, fence: Fence):
-        self.service, self.fence = service, fence
-        self.written = 0.0
-        self.recorded = -1
+    def __init__(self, reporter: ProgressReporter):
+        self.reporter = reporter
 
     def __call__(self, done: int, total: int | None) -> None:
-        from dreamforge.execution import LostJob
-
         current = done // MIB
-        whole = -(-total // MIB) if total else max(current, 1)
-        last = total is not None and done >= total
-        now = time.monotonic()
-        if not last and (current == self.recorded or now - self.written < PROGRESS_EVERY_S):
-            return
-        try:
-            held = self.service.progress(self.fence, whole if last else current, whole)
-        except BackendUnavailable:
-            return  # progress is best effort
-        self.written, self.recorded = now, current
-        if not held:
-            raise LostJob(self.fence.job_id)
+        if total is None:
+            self.reporter.report(current, current + 1)
+        else:
+            whole = max(1, -(-total // MIB))
+            self.reporter.report(whole if done >= total else min(current, whole - 1), whole)
 
 
 def run_download(service: JobService, fence: Fence, params: dict[str, Any]) -> ModelRecord:
     """Download and register the model a download job asks for. Raises the registry's errors
     (their codes become the job's), or LostJob when the job was canceled meanwhile."""
     request = DownloadRequest.model_validate(params)
-    return service.models.add_url(request.source, request.name, request.sha256,
-                                  make_default=request.default, progress=JobProgress(service, fence))
+    with ProgressReporter(service, fence) as reporter:
+        record = service.models.add_url(request.source, request.name, request.sha256,
+                                        make_default=request.default, progress=DownloadProgress(reporter))
+        if not reporter.wait():
+            raise LostJob(fence.job_id)
+    return record

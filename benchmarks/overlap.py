@@ -1,0 +1,141 @@
+"""Does the GPU wait? A worker's jobs against back-to-back bare model calls, with the finishing
+stage (DF_FINISHING_JOBS=1: encode and upload run while the next job generates) and without it (0).
+
+The GPU is stood in for by the fake runner with a fixed per-step delay (a sleep: the "GPU" is busy
+while the CPU is free, as with a real one), at 1024x1024, so the PNG encode (zlib level
+DF_PNG_COMPRESS_LEVEL, default 4) and the upload to the artifact folder cost what they cost for a
+real image of that size. Each figure is measured in this one run; compare the ratios.
+
+- bare: ``FakeRunner.generate`` called back to back in this process, the model call alone;
+- steady state: N jobs submitted at once to one `df worker` process (SQLite job store and queue,
+  the embedded default), jobs/s between the first and the last job's end;
+- single job: one job on an idle worker, from submit to succeeded, against one bare call.
+
+    python benchmarks/overlap.py [--jobs 12] [--steps 30] [--step-delay-s 0.033] [--size 1024] [--singles 5]
+
+Aims (issue 18): steady-state jobs/s >= 0.98x bare, single-job latency <= 1.05x the bare call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def bare_calls(jobs: int, steps: int, delay: float, size: int) -> tuple[float, float]:
+    """Seconds per call back to back (steady state), and the median single call."""
+    from dreamforge.runners import Generation
+    from dreamforge.runners.fake import FakeRunner
+
+    runner = FakeRunner(step_delay_s=delay)
+    times = []
+    started = time.perf_counter()
+    for i in range(jobs):
+        request = Generation(prompt=f"bare {i}", negative_prompt=None, guidance=7.0, width=size,
+                             height=size, steps=steps, seed=i)
+        t0 = time.perf_counter()
+        runner.generate(request, lambda current, total: None)
+        times.append(time.perf_counter() - t0)
+    return (time.perf_counter() - started) / jobs, statistics.median(times)
+
+
+def with_worker(finishing: int, jobs: int, steps: int, delay: float, size: int, singles: int,
+                ) -> tuple[float, float, dict[str, float]]:
+    """Seconds per job in steady state, median single-job latency, and the mean timings."""
+    from dreamforge.schemas import parse_request
+    from dreamforge.service import JobService
+    from dreamforge.settings import Settings
+
+    data = Path(tempfile.mkdtemp(prefix="df-overlap-"))
+    env = {"DF_DATA_DIR": str(data), "DF_FAKE_RUNNER": "1", "DF_FAKE_STEP_DELAY_S": str(delay),
+           "DF_FINISHING_JOBS": str(finishing)}
+    saved = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("DF_")}
+    os.environ.update(env)
+    log = open(data / "worker.log", "w")
+    worker = subprocess.Popen([sys.executable, "-m", "dreamforge.cli.main", "worker"],
+                              env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        svc = JobService.from_settings(Settings())
+        while "Huey consumer started" not in (data / "worker.log").read_text():
+            if worker.poll() is not None:
+                raise SystemExit((data / "worker.log").read_text())
+            time.sleep(0.05)
+
+        def submit(i: int) -> str:
+            return svc.submit(parse_request({"prompt": f"job {i}", "width": size, "height": size,
+                                             "steps": steps, "seed": i})).view.id
+
+        def wait(ids: list[str]) -> list:
+            while True:
+                views = [svc.get(i) for i in ids]
+                if all(v.status.value in ("succeeded", "failed", "canceled") for v in views):
+                    bad = [v for v in views if v.status.value != "succeeded"]
+                    if bad:
+                        raise SystemExit(f"a job did not succeed: {bad[0].error}")
+                    return views
+                time.sleep(0.01)
+
+        wait([submit(10_000)])  # the worker's first job pays for imports; not measured
+        views = wait([submit(i) for i in range(jobs)])
+        ends = sorted(v.finished_at.timestamp() for v in views)
+        per_job = (ends[-1] - ends[0]) / (len(ends) - 1)
+        latencies = []
+        for i in range(singles):
+            time.sleep(0.3)
+            (view,) = wait([submit(1000 + i)])
+            latencies.append(view.finished_at.timestamp() - view.created_at.timestamp())
+        timings: dict[str, float] = {}
+        for name in ("generate_s", "encode_s", "store_s"):
+            values = [e["payload"]["timings"][name] for v in views for e in svc.events(v.id)
+                      if e["payload"].get("status") == "succeeded"]
+            timings[name] = statistics.mean(values)
+        svc.close()
+        return per_job, statistics.median(latencies), timings
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        log.close()
+        for name in env:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--step-delay-s", type=float, default=0.033, help="the stand-in GPU's time a step")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--singles", type=int, default=5)
+    args = parser.parse_args()
+
+    bare_per_call, bare_single = bare_calls(args.jobs, args.steps, args.step_delay_s, args.size)
+    print(f"fake runner, {args.size}x{args.size}, {args.steps} steps x {args.step_delay_s * 1000:.0f} ms "
+          f"stand-in GPU time, PNG level {os.environ.get('DF_PNG_COMPRESS_LEVEL', '4')}, {args.jobs} jobs")
+    print(f"bare model calls back to back: {bare_per_call:.3f} s/call ({1 / bare_per_call:.3f} calls/s), "
+          f"single call median {bare_single:.3f} s")
+    rows = []
+    for finishing in (0, 1):
+        per_job, single, timings = with_worker(finishing, args.jobs, args.steps, args.step_delay_s,
+                                               args.size, args.singles)
+        rows.append((finishing, per_job, single, timings))
+    print()
+    print(f"{'DF_FINISHING_JOBS':>17}  {'s/job':>7}  {'jobs/s':>7}  {'x bare rate':>11}  "
+          f"{'single s':>8}  {'x bare call':>11}  {'generate_s':>10}  {'encode_s':>8}  {'store_s':>7}")
+    for finishing, per_job, single, timings in rows:
+        print(f"{finishing:>17}  {per_job:7.3f}  {1 / per_job:7.3f}  {bare_per_call / per_job:11.3f}  "
+              f"{single:8.3f}  {single / bare_single:11.3f}  {timings['generate_s']:10.3f}  "
+              f"{timings['encode_s']:8.3f}  {timings['store_s']:7.3f}")
+
+
+if __name__ == "__main__":
+    main()
