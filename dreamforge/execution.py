@@ -386,6 +386,11 @@ class Executor:
                    "store_s": round(store_s, 4)}
         if batch.model_s is not None:
             timings["model_s"] = round(batch.model_s, 4)
+        # The GPU memory the job really took at its peak, beside what was predicted for it, so
+        # the prediction can be checked against reality job by job.
+        for name, key in (("gpu_peak_bytes", "peak"), ("gpu_predicted_bytes", "predicted_peak_bytes")):
+            if batch.gpu_memory and batch.gpu_memory.get(key) is not None:
+                timings[name] = int(batch.gpu_memory[key])
         if not self._patiently(f"[job={fence.job_id}] recording success",
                                lambda: service.succeed(fence, stored, timings, record)):
             for artifact in stored:
