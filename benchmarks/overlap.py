@@ -13,6 +13,15 @@ real image of that size. Each figure is measured in this one run; compare the ra
 
     python benchmarks/overlap.py [--jobs 12] [--steps 30] [--step-delay-s 0.033] [--size 1024] [--singles 5]
 
+With ``--sdxl``, DreamForge's SDXL runner instead of the stand-in: the bare call is the runner's
+``generate`` in this process, the worker runs it in its child process as in production.
+``--sdxl full`` (a GPU): the full-size SDXL base architecture with random weights, float16, saved
+to a scratch folder first (about 7 GB of disk); ``--sdxl tiny`` (CPU): the tests' tiny model, a
+smoke run of this script, not a measurement.
+
+    python benchmarks/overlap.py --sdxl full --jobs 8 --singles 3         # on a GPU
+    python benchmarks/overlap.py --sdxl tiny --size 64 --steps 4 --jobs 4   # CPU smoke run
+
 Aims (issue 18): steady-state jobs/s >= 0.98x bare, single-job latency <= 1.05x the bare call.
 """
 
@@ -26,17 +35,49 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def bare_calls(jobs: int, steps: int, delay: float, size: int) -> tuple[float, float]:
+def save_sdxl(kind: str, root: Path) -> tuple[Path, dict[str, str]]:
+    """A random-weight SDXL saved as a Diffusers folder, and the settings that run it."""
+    from dreamforge.runners.model_config import sdxl_config_dir
+
+    config_dir = sdxl_config_dir(root / "config")
+    if kind == "tiny":
+        from tests.tiny_sdxl import save_tiny_sdxl
+
+        return save_tiny_sdxl(root, config_dir)[0], {"DF_DEVICE": "cpu"}
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_sdxl import build_random_sdxl
+
+    folder = root / "sdxl-random"
+    build_random_sdxl(config_dir, "cuda", torch.float16).save_pretrained(folder)
+    return folder, {"DF_DEVICE": "cuda", "DF_DTYPE": "float16"}
+
+
+def bare_calls(jobs: int, steps: int, delay: float, size: int, sdxl_env: dict[str, str] | None,
+               ) -> tuple[float, float]:
     """Seconds per call back to back (steady state), and the median single call."""
     from dreamforge.runners import Generation
     from dreamforge.runners.fake import FakeRunner
 
-    runner = FakeRunner(step_delay_s=delay)
+    runner: Any
+    if sdxl_env is None:
+        runner = FakeRunner(step_delay_s=delay)
+    else:
+        from dreamforge.runners.sdxl import SDXL
+        from dreamforge.settings import Settings
+
+        runner = SDXL(Settings(**{k[3:].lower(): v for k, v in sdxl_env.items()}))
+        runner.load()
+        warm = Generation(prompt="warm-up", negative_prompt=None, guidance=7.0, width=size, height=size,
+                          steps=steps, seed=0)
+        runner.generate(warm, lambda current, total: None)
     times = []
     started = time.perf_counter()
     for i in range(jobs):
@@ -44,20 +85,25 @@ def bare_calls(jobs: int, steps: int, delay: float, size: int) -> tuple[float, f
                              height=size, steps=steps, seed=i)
         t0 = time.perf_counter()
         runner.generate(request, lambda current, total: None)
+        if sdxl_env is not None and sdxl_env["DF_DEVICE"] == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return (time.perf_counter() - started) / jobs, statistics.median(times)
 
 
 def with_worker(finishing: int, jobs: int, steps: int, delay: float, size: int, singles: int,
-                ) -> tuple[float, float, dict[str, float]]:
+                sdxl_env: dict[str, str] | None) -> tuple[float, float, dict[str, float]]:
     """Seconds per job in steady state, median single-job latency, and the mean timings."""
     from dreamforge.schemas import parse_request
     from dreamforge.service import JobService
     from dreamforge.settings import Settings
 
     data = Path(tempfile.mkdtemp(prefix="df-overlap-"))
-    env = {"DF_DATA_DIR": str(data), "DF_FAKE_RUNNER": "1", "DF_FAKE_STEP_DELAY_S": str(delay),
-           "DF_FINISHING_JOBS": str(finishing)}
+    env = {"DF_DATA_DIR": str(data), "DF_FINISHING_JOBS": str(finishing),
+           **({"DF_FAKE_RUNNER": "1", "DF_FAKE_STEP_DELAY_S": str(delay)} if sdxl_env is None
+              else {"DF_FAKE_RUNNER": "0", **sdxl_env})}
     saved = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("DF_")}
     os.environ.update(env)
     log = open(data / "worker.log", "w")
@@ -116,17 +162,26 @@ def main() -> None:
     parser.add_argument("--step-delay-s", type=float, default=0.033, help="the stand-in GPU's time a step")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--singles", type=int, default=5)
+    parser.add_argument("--sdxl", choices=("tiny", "full"), help="the SDXL runner on random weights")
     args = parser.parse_args()
 
-    bare_per_call, bare_single = bare_calls(args.jobs, args.steps, args.step_delay_s, args.size)
-    print(f"fake runner, {args.size}x{args.size}, {args.steps} steps x {args.step_delay_s * 1000:.0f} ms "
-          f"stand-in GPU time, PNG level {os.environ.get('DF_PNG_COMPRESS_LEVEL', '4')}, {args.jobs} jobs")
+    sdxl_env = None
+    if args.sdxl:
+        folder, sdxl_env = save_sdxl(args.sdxl, Path(tempfile.mkdtemp(prefix="df-overlap-model-")))
+        sdxl_env["DF_GENERATE_MODEL_PATH"] = str(folder)
+        print(f"SDXL runner, {args.sdxl} random-weight model on {sdxl_env['DF_DEVICE']} (random weights: "
+              "images are noise, which PNG can't compress: the encode is at its slowest)")
+    else:
+        print(f"fake runner, {args.step_delay_s * 1000:.0f} ms stand-in GPU time a step")
+    bare_per_call, bare_single = bare_calls(args.jobs, args.steps, args.step_delay_s, args.size, sdxl_env)
+    print(f"{args.size}x{args.size}, {args.steps} steps, PNG level {os.environ.get('DF_PNG_COMPRESS_LEVEL', '4')}, "
+          f"{args.jobs} jobs")
     print(f"bare model calls back to back: {bare_per_call:.3f} s/call ({1 / bare_per_call:.3f} calls/s), "
           f"single call median {bare_single:.3f} s")
     rows = []
     for finishing in (0, 1):
         per_job, single, timings = with_worker(finishing, args.jobs, args.steps, args.step_delay_s,
-                                               args.size, args.singles)
+                                               args.size, args.singles, sdxl_env)
         rows.append((finishing, per_job, single, timings))
     print()
     print(f"{'DF_FINISHING_JOBS':>17}  {'s/job':>7}  {'jobs/s':>7}  {'x bare rate':>11}  "
