@@ -195,21 +195,36 @@ class SDXL:
                 details={"path": str(self.path), "chosen_by": self.chosen_by}) from None
         if self.settings.vae_path:
             self._load_fixed_vae(pipe)
-        if self.settings.vae_dtype == "float32":
-            pipe.vae.register_to_config(force_upcast=True)  # Diffusers then decodes in float32
         pipe.set_progress_bar_config(disable=True)
         self.use(pipe.to(self.device))
         if self.path.is_file() and self.model_sha256 is None:
             self.model_sha256 = file_sha256(self.path, self.settings.data_dir / "model-hashes.json")
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Apply the options that change the loaded model (DF_VAE_DTYPE=float32, DF_FP8,
+        DF_COMPILE): after ``load``, or after ``use`` for a pipeline built in code
+        (benchmarks/gpu_compiled.py measures them through here)."""
+        if self.settings.vae_dtype == "float32":
+            self.pipe.vae.register_to_config(force_upcast=True)  # Diffusers then decodes in float32
         if self.settings.fp8 and not self.settings.compile:
-            quantize_fp8(self.pipe.unet)
+            self._quantize()
         if self.settings.compile:
             try:
                 self._compile()
+            except RunnerError:
+                raise
             except Exception as exc:
                 raise RunnerError(f"DF_COMPILE=1: compiling the UNet failed: {type(exc).__name__}: "
                                   f"{str(exc)[:500]}; unset DF_COMPILE to run eagerly",
                                   code="compile_failed") from None
+
+    def _quantize(self) -> None:
+        try:
+            quantize_fp8(self.pipe.unet)
+        except Exception as exc:
+            raise RunnerError(f"DF_FP8=1: torchao could not quantise the UNet: {type(exc).__name__}: "
+                              f"{str(exc)[:500]}; unset DF_FP8", code="option_unsupported") from None
 
     def use(self, pipe: Any) -> None:
         """Generate with this pipeline (loaded here, or built in code by a benchmark)."""
@@ -295,6 +310,7 @@ class SDXL:
         import torch
 
         artifacts = compile_cache_dir(self.settings) / "mega-cache.bin"
+        artifacts.parent.mkdir(parents=True, exist_ok=True)  # prepare_compile_cache made it in a worker
         if artifacts.exists():
             torch.compiler.load_cache_artifacts(artifacts.read_bytes())
         # The layout and fusions the Diffusers guide to a compiled SDXL recommends: NHWC
@@ -303,7 +319,7 @@ class SDXL:
         self.pipe.vae.to(memory_format=torch.channels_last)
         self.pipe.fuse_qkv_projections()
         if self.settings.fp8:
-            quantize_fp8(self.pipe.unet)  # after fusing, so the fused q/k/v matmul is float8 too
+            self._quantize()  # after fusing, so the fused q/k/v matmul is float8 too
         torch._inductor.config.conv_1x1_as_mm = True
         mode = self.settings.compile_mode
         self.pipe.unet = torch.compile(self.pipe.unet, mode=None if mode == "default" else mode)
