@@ -109,7 +109,8 @@ pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
 from dreamforge.errors import RunnerError  # noqa: E402
 from dreamforge.execution import Executor  # noqa: E402
 from dreamforge.runners import Generation  # noqa: E402
-from dreamforge.runners.sdxl import SDXL, model_shape  # noqa: E402
+from dreamforge.runners.sdxl import SDXL  # noqa: E402
+from dreamforge.runners.sdxl_memory import model_shape  # noqa: E402
 from dreamforge.schemas import parse_request  # noqa: E402
 from dreamforge.service import JobService  # noqa: E402
 from dreamforge.settings import Settings  # noqa: E402
