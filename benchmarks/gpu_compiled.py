@@ -11,7 +11,7 @@ printed as skipped with the runner's own reason, and one that would overrun --bu
 for the budget. Variants run in the order listed; the compiled ones share Inductor's on-disk cache
 (as a restarted worker would), so only the first compiled variant's warm-up is fully cold.
 
-    python benchmarks/gpu_compiled.py --budget-s 540 --out results.json        # on a GPU
+    python benchmarks/gpu_compiled.py --budget-s 450 --out results.json        # on a GPU
     python benchmarks/gpu_compiled.py --cpu-smoke                               # proves the script on a CPU
 
 ``--cpu-smoke``: the tiny test model, 64x64, 2 steps, float32, on the CPU, where the GPU-only
@@ -270,9 +270,10 @@ def main() -> None:
             compiled_cost = cost
         results.append(result)
         print(f"{name}: {json.dumps(result.__dict__, default=str)} ({cost:.0f} s)", flush=True)
+        if args.out:  # after every variant: a run stopped by its time limit keeps what it measured
+            args.out.write_text(json.dumps({"header": header, "results": [r.__dict__ for r in results]},
+                                           indent=1, default=str))
     print_table(results, header + f" · whole run {time.perf_counter() - started:.0f} s")
-    if args.out:
-        args.out.write_text(json.dumps({"header": header, "results": [r.__dict__ for r in results]}, indent=1))
 
 
 if __name__ == "__main__":
