@@ -65,7 +65,10 @@ class StorageError(DreamForgeError):
 
 class RunnerError(DreamForgeError):
     """A generation failure. Codes: model_not_found, model_invalid, runner_crashed,
-    gpu_out_of_memory, non_finite_output, runner_error."""
+    gpu_out_of_memory, non_finite_output, runner_error; gpu_out_of_memory_predicted (refused
+    before it ran: the estimate of its peak memory did not fit the GPU's free memory; details
+    carry the bytes), option_unsupported (a DF_ option this machine can't do: DF_FP8,
+    DF_COMPILE_MODE, DF_VAE_DTYPE, DF_ATTENTION_BACKEND)."""
 
     code = "runner_error"
 

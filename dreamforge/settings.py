@@ -60,6 +60,24 @@ class Settings(BaseSettings):
     # SDXL base's, shipped with DreamForge.
     model_config_dir: Path | None = None
     compile: bool = False
+    # -- the GPU's options (issue 18): each is checked when the model loads, and a machine that
+    # can't do it refuses with the setting's name (runners/sdxl_options.py); every job's record
+    # says which were on. torch.compile's mode, with DF_COMPILE=1: reduce-overhead adds CUDA
+    # graphs, max-autotune searches kernels (and adds CUDA graphs unless -no-cudagraphs).
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"] = "default"
+    # float8 dynamic activation and weight quantisation of the UNet's linear layers (torchao, the
+    # fp8 extra; a CUDA GPU of compute capability 8.9 or newer).
+    fp8: bool = False
+    # The dtype the VAE decodes in. auto: float32 for the SDXL VAE in a float16 model (it overflows
+    # in float16), the model's dtype for DF_VAE_PATH's fixed VAE. float16: say so explicitly (needs
+    # DF_VAE_PATH). float32: upcast even DF_VAE_PATH's VAE.
+    vae_dtype: Literal["auto", "float16", "float32"] = "auto"
+    # The scaled-dot-product attention kernel the UNet prefers (torch.nn.attention.sdpa_kernel);
+    # where the chosen one can't run a call (the VAE's 512-wide head on flash), torch's next one does.
+    attention_backend: Literal["default", "flash", "efficient", "cudnn", "math"] = "default"
+    # Before each job on CUDA, predict its peak memory and refuse (gpu_out_of_memory_predicted) or
+    # make fewer items a call when it won't fit (dreamforge/gpu_memory.py); 0: don't predict.
+    gpu_memory_check: bool = True
     # The most items of a batch one pipeline call makes (the SDXL runner halves it when the GPU
     # runs out of memory). 1: each item alone, bit for bit the image of a count-1 job with its seed.
     max_batch: int = Field(default=8, ge=1, le=8)

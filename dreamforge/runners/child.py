@@ -168,7 +168,7 @@ class ChildRunner:
                               for mode, size, data, seed in items]
                     return GeneratedBatch(images, model_s, gpu_memory, record)
                 elif kind == "error":
-                    raise RunnerError(message[2], code=message[1])
+                    raise RunnerError(message[2], code=message[1], details=message[3] if len(message) > 3 else None)
 
     def _interrupt(self) -> None:
         """Ask the child to stop the generation in progress; a child that doesn't answer within

@@ -17,8 +17,17 @@ from typing import Any
 
 from dreamforge import schedulers
 from dreamforge.errors import RunnerError
+from dreamforge.gpu_memory import BatchPlan, MemoryState, ModelShape
 from dreamforge.runners import GeneratedBatch, GeneratedImage, Generation, LoraChoice, ModelChoice
 from dreamforge.runners.model_config import sdxl_config_dir, use_open_clip_padding
+from dreamforge.runners.sdxl_memory import cuda_memory_state, model_shape, plan_memory
+from dreamforge.runners.sdxl_options import (
+    attention_context,
+    check_options,
+    probe_machine,
+    quantize_fp8,
+    vae_decode_dtype,
+)
 from dreamforge.settings import Settings
 
 log = logging.getLogger("dreamforge.runner")
@@ -116,6 +125,11 @@ class SDXL:
         self._derived: dict[str, Any] = {}
         # The LoRAs loaded into the model now: adapter name → the file's sha256.
         self._loras: dict[str, str | None] = {}
+        # Before each job on CUDA: this GPU's memory now (a test sets its own figures here).
+        self.memory_probe: Callable[[], MemoryState] | None = None
+        if self.device.startswith("cuda") and settings.gpu_memory_check:
+            self.memory_probe = lambda: cuda_memory_state(self.device)
+        self._shape: ModelShape | None = None
 
     def describe(self) -> str:
         return f"{self.path} on {self.device} ({str(self.dtype).replace('torch.', '')})"
@@ -127,6 +141,8 @@ class SDXL:
     def load(self) -> None:
         from diffusers import StableDiffusionXLPipeline
 
+        # Before minutes of loading: an option this machine can't do fails every job the same way.
+        check_options(self.settings, probe_machine(self.device, self.dtype))
         try:
             if self.path.is_dir():
                 pipe = StableDiffusionXLPipeline.from_pretrained(
@@ -147,13 +163,32 @@ class SDXL:
         self.use(pipe.to(self.device))
         if self.path.is_file() and self.model_sha256 is None:
             self.model_sha256 = file_sha256(self.path, self.settings.data_dir / "model-hashes.json")
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Apply the options that change the loaded model (DF_VAE_DTYPE=float32, DF_FP8,
+        DF_COMPILE): after ``load``, or after ``use`` for a pipeline built in code
+        (benchmarks/gpu_compiled.py measures them through here)."""
+        if self.settings.vae_dtype == "float32":
+            self.pipe.vae.register_to_config(force_upcast=True)  # Diffusers then decodes in float32
+        if self.settings.fp8 and not self.settings.compile:
+            self._quantize()
         if self.settings.compile:
             try:
                 self._compile()
+            except RunnerError:
+                raise
             except Exception as exc:
                 raise RunnerError(f"DF_COMPILE=1: compiling the UNet failed: {type(exc).__name__}: "
                                   f"{str(exc)[:500]}; unset DF_COMPILE to run eagerly",
                                   code="compile_failed") from None
+
+    def _quantize(self) -> None:
+        try:
+            quantize_fp8(self.pipe.unet)
+        except Exception as exc:
+            raise RunnerError(f"DF_FP8=1: torchao could not quantise the UNet: {type(exc).__name__}: "
+                              f"{str(exc)[:500]}; unset DF_FP8", code="option_unsupported") from None
 
     def use(self, pipe: Any) -> None:
         """Generate with this pipeline (loaded here, or built in code by a benchmark)."""
@@ -164,6 +199,7 @@ class SDXL:
         self._fits.clear()
         self._derived.clear()
         self._loras.clear()
+        self._shape = None
 
     def pipeline(self, mode: str) -> Any:
         """The pipeline for a job type: the loaded text-to-image one, or the image-to-image or
@@ -190,6 +226,9 @@ class SDXL:
         if loras and self.settings.compile:
             raise RunnerError("LoRAs need the eager UNet: DF_COMPILE=1 fuses the attention projections "
                               "they adapt; unset DF_COMPILE to use LoRAs", code="lora_unsupported")
+        if loras and self.settings.fp8:
+            raise RunnerError("LoRAs need the UNet's linear layers unquantised: DF_FP8=1 made them float8; "
+                              "unset DF_FP8 to use LoRAs", code="lora_unsupported")
         pipe = self.pipe
         if not wanted:
             pipe.unload_lora_weights()
@@ -235,6 +274,7 @@ class SDXL:
         import torch
 
         artifacts = compile_cache_dir(self.settings) / "mega-cache.bin"
+        artifacts.parent.mkdir(parents=True, exist_ok=True)  # prepare_compile_cache made it in a worker
         if artifacts.exists():
             torch.compiler.load_cache_artifacts(artifacts.read_bytes())
         # The layout and fusions the Diffusers guide to a compiled SDXL recommends: NHWC
@@ -242,10 +282,13 @@ class SDXL:
         self.pipe.unet.to(memory_format=torch.channels_last)
         self.pipe.vae.to(memory_format=torch.channels_last)
         self.pipe.fuse_qkv_projections()
+        if self.settings.fp8:
+            self._quantize()  # after fusing, so the fused q/k/v matmul is float8 too
         torch._inductor.config.conv_1x1_as_mm = True
-        self.pipe.unet = torch.compile(self.pipe.unet)
+        mode = self.settings.compile_mode
+        self.pipe.unet = torch.compile(self.pipe.unet, mode=None if mode == "default" else mode)
         size = self.settings.compile_warmup_size
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_context(self.settings.attention_backend):
             self.pipe(prompt="warm-up", width=size, height=size, num_inference_steps=2,
                       output_type="latent", generator=torch.Generator("cpu").manual_seed(0))
         saved = torch.compiler.save_cache_artifacts()
@@ -259,11 +302,15 @@ class SDXL:
         import diffusers
         import torch
 
+        settings = self.settings
         return {"runner": "sdxl", "model": {"name": self.model_name, "sha256": self.model_sha256,
                                             "kind": "single_file" if self.path.is_file() else "diffusers_folder"},
                 "dtype": str(self.dtype).replace("torch.", ""), "device": device_name(self.device),
                 "torch": torch.__version__, "diffusers": diffusers.__version__,
-                "compiled": bool(self.settings.compile)}
+                "compiled": bool(settings.compile),
+                **({"compile_mode": settings.compile_mode} if settings.compile else {}),
+                "fp8": settings.fp8, "attention_backend": settings.attention_backend,
+                "vae_decode_dtype": vae_decode_dtype(self.pipe) if self.pipe is not None else None}
 
     def generate(self, request: Generation, on_step: Callable[[int, int], None]) -> GeneratedBatch:
         """Every item, in as few pipeline calls as memory allows: up to DF_MAX_BATCH items a call,
@@ -283,6 +330,11 @@ class SDXL:
             torch.cuda.reset_peak_memory_stats(self.device)  # the peak of this job, not the process's
         size_key = (request.width, request.height)
         cap = min(self.settings.max_batch, self._fits.get(size_key, count), count)
+        plan = self._plan_memory(request, cap)
+        if plan is not None and plan.shrunk:
+            log.warning("%d images at %dx%d a call would not fit the GPU's free memory (predicted); %d at a "
+                        "time", cap, request.width, request.height, plan.batch)
+            cap = plan.batch
         images: list[GeneratedImage] = []
         batches: list[int] = []
         splits: list[dict[str, int]] = []
@@ -325,12 +377,25 @@ class SDXL:
         gpu = None
         if cuda:
             index = torch.device(self.device).index
+            peak = torch.cuda.max_memory_allocated(self.device)
             gpu = {"device": f"cuda:{torch.cuda.current_device() if index is None else index}",
-                   "allocated": torch.cuda.memory_allocated(self.device),
-                   "peak": torch.cuda.max_memory_allocated(self.device)}
+                   "allocated": torch.cuda.memory_allocated(self.device), "peak": peak,
+                   "peak_allocated_bytes": peak,
+                   "predicted_peak_bytes": plan.predicted_peak if plan is not None else None}
         record = {**self.facts(), "scheduler": schedulers.describe(scheduler, request.scheduler),
-                  "batches": batches, **({"splits": splits} if splits else {})}
+                  "batches": batches, **({"splits": splits} if splits else {}),
+                  **({"memory_plan": plan.record()} if plan is not None else {})}
         return GeneratedBatch(images, model_s=time.perf_counter() - started, gpu_memory=gpu, record=record)
+
+    def _plan_memory(self, request: Generation, wanted: int) -> BatchPlan | None:
+        """On CUDA (where ``memory_probe`` is set): how many items a call fits the GPU's free
+        memory; raises gpu_out_of_memory_predicted when not even one does."""
+        if self.memory_probe is None:
+            return None
+        if self._shape is None:
+            self._shape = model_shape(self.pipe)
+        return plan_memory(self._shape, self.memory_probe(), request, wanted, self.settings.attention_backend,
+                           device_name(self.device))
 
     def _call(self, pipe: Any, request: Generation, seeds: list[int], scheduler: Any,
               on_step: Callable[[int], None], init: Any = None, mask: Any = None) -> Any:
@@ -350,7 +415,7 @@ class SDXL:
             size = {"image": init, "strength": request.strength}  # the image's size (resized to the job's)
         elif request.mode == "inpaint":
             size |= {"image": init, "mask_image": mask, "strength": request.strength}
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_context(self.settings.attention_backend):
             result = pipe(
                 prompt=request.prompt, negative_prompt=request.negative_prompt,
                 num_images_per_prompt=len(seeds), num_inference_steps=request.steps,

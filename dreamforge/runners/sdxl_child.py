@@ -2,7 +2,7 @@
 
 Messages to the parent: ("ready", description) | ("progress", current, total) |
 ("result", [(mode, size, pixels, seed), …], model_s, gpu_memory, record) |
-("error", code, message[, details]) | ("interrupted",).
+("error", code, message, details) | ("interrupted",).
 From the parent: ("generate", request) | ("interrupt",) (stop the generation at its next step) |
 ("stop",).
 """
@@ -67,6 +67,6 @@ def main(conn: Connection, settings_data: dict[str, Any], choice: ModelChoice | 
         except Interrupted:
             conn.send(("interrupted",))
         except RunnerError as exc:
-            conn.send(("error", exc.code, exc.message))
+            conn.send(("error", exc.code, exc.message, exc.details))
         except Exception as exc:  # keep the child alive for the next job
             conn.send(("error", "runner_error", f"{type(exc).__name__}: {str(exc)[:500]}"))
