@@ -388,7 +388,7 @@ class Executor:
             timings["model_s"] = round(batch.model_s, 4)
         # The GPU memory the job really took at its peak, beside what was predicted for it, so
         # the prediction can be checked against reality job by job.
-        for name, key in (("gpu_peak_bytes", "peak"), ("gpu_predicted_bytes", "predicted_peak_bytes")):
+        for name, key in (("gpu_peak_bytes", "peak_allocated_bytes"), ("gpu_predicted_bytes", "predicted_peak_bytes")):
             if batch.gpu_memory and batch.gpu_memory.get(key) is not None:
                 timings[name] = int(batch.gpu_memory[key])
         if not self._patiently(f"[job={fence.job_id}] recording success",

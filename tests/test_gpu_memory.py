@@ -189,3 +189,25 @@ def test_the_refusal_is_final_and_the_job_says_why(df_env, tiny, monkeypatch):
     assert view.status.value == "failed" and view.error.code == "gpu_out_of_memory_predicted"
     assert "GiB" in view.error.message and view.artifacts == []
     assert not list(Path(df_env["DF_DATA_DIR"]).rglob("*.png"))
+
+
+@pytest.mark.parametrize("df_env", ["sqlite"], indirect=True)
+def test_each_jobs_real_peak_is_recorded_beside_its_prediction(df_env):
+    """What a CUDA runner reports of a job's memory lands in the job's timings (its succeeded
+    event), so a prediction can be checked against the job's real peak. The report is the one
+    thing faked here: a CPU has no CUDA allocator to read."""
+    from dreamforge.runners.fake import FakeRunner
+
+    class ReportsGpuMemory(FakeRunner):
+        def generate(self, request, on_progress):
+            batch = super().generate(request, on_progress)
+            batch.gpu_memory = {"device": "cuda:0", "allocated": 7 * GIB, "peak": 9 * GIB,
+                                "peak_allocated_bytes": 9 * GIB, "predicted_peak_bytes": 10 * GIB}
+            return batch
+
+    svc = JobService.from_settings(Settings())
+    job_id = svc.submit(parse_request({"prompt": "x", "width": 64, "height": 64, "steps": 1})).view.id
+    assert Executor(svc, ReportsGpuMemory(), "worker:test:1:a").execute(job_id) == "succeeded"
+    (succeeded,) = [e for e in svc.events(job_id) if e["payload"].get("status") == "succeeded"]
+    timings = succeeded["payload"]["timings"]
+    assert timings["gpu_peak_bytes"] == 9 * GIB and timings["gpu_predicted_bytes"] == 10 * GIB
