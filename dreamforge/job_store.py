@@ -151,6 +151,55 @@ SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM added) AS adde
 INSERT_JOB, INSERT_STEP, INSERT_EVENT = jobs.insert(), steps.insert(), events.insert()
 
 
+class HotStatements:
+    """The statements every job runs through the general path (on SQLite, every job; on
+    PostgreSQL, a job whose webhook takes the general path), built once per store: building a
+    Core statement and its cache key cost more than SQLite's execution of it. Values come as
+    parameters named ``b_*``; ``now`` is the store's clock (a parameter on SQLite)."""
+
+    def __init__(self, postgres: bool):
+        now: Any = sa.func.now() if postgres else sa.bindparam("now", type_=sa.DateTime(timezone=True))
+        held = sa.and_(jobs.c.id == sa.bindparam("b_job"), jobs.c.status == RUNNING.value,
+                       jobs.c.worker_id == sa.bindparam("b_worker"), jobs.c.attempts == sa.bindparam("b_attempt"))
+        this_step = steps.c.job_id == sa.bindparam("b_job")
+        self.heartbeat = jobs.update().where(held).values(heartbeat_at=now)
+        self.heartbeat_params = self.heartbeat.returning(jobs.c.params)
+        self.holds = sa.select(jobs.c.id).where(held)
+        self.progress_step = steps.update().where(this_step).values(
+            progress_current=sa.bindparam("b_current"), progress_total=sa.bindparam("b_total"))
+        self.event = events.insert().values(at=now)
+        self.event_id = self.event.returning(events.c.id)
+        self.key_taken = sa.select(sa.literal(1)).where(sa.or_(
+            sa.exists().where(uploads.c.s3_key == sa.bindparam("b_key")),
+            sa.exists().where(artifacts.c.s3_key == sa.bindparam("b_key"))))
+        self.upload = uploads.insert().values(created_at=now)
+        moved = (jobs.c.params, jobs.c.attempts, jobs.c.correlation_id, jobs.c.worker_id, jobs.c.created_at,
+                 jobs.c.updated_at)
+        seed = sa.bindparam("b_seed", type_=sa.BigInteger)
+        unseeded = sa.and_(seed.is_not(None), jobs.c.type != "download",
+                           jobs.c.params["seed"].as_string().is_(None))
+        seeded = sa.cast(sa.cast(jobs.c.params, JSONB).op("||")(sa.func.jsonb_build_object("seed", seed)),
+                         sa.JSON) if postgres else sa.func.json_set(jobs.c.params, "$.seed", seed)
+        self.claim = jobs.update().where(jobs.c.id == sa.bindparam("b_job"), jobs.c.status == QUEUED.value).values(
+            status=RUNNING.value, updated_at=now, worker_id=sa.bindparam("b_worker"), heartbeat_at=now,
+            attempts=jobs.c.attempts + 1, started_at=sa.func.coalesce(jobs.c.started_at, now),
+            params=sa.case((unseeded, seeded), else_=jobs.c.params)).returning(*moved)
+        self.claim_step = steps.update().where(this_step).values(
+            status=RUNNING.value, progress_current=0, started_at=now, finished_at=None,
+            seed=sa.bindparam("b_step_seed", type_=sa.BigInteger))
+        self.succeed = jobs.update().where(held).values(
+            status=SUCCEEDED.value, updated_at=now, finished_at=now, heartbeat_at=None, error_code=None,
+            error_message=None, error_details=None, record=sa.bindparam("b_record", type_=sa.JSON)
+        ).returning(*moved)
+        self.succeed_step = steps.update().where(this_step).values(
+            status=SUCCEEDED.value, finished_at=now, progress_current=steps.c.progress_total)
+        self.settle = uploads.delete().where(uploads.c.s3_key.in_(sa.bindparam("b_keys", expanding=True)),
+                                             uploads.c.job_id == sa.bindparam("b_job"))
+        self.artifact = artifacts.insert().values(
+            job_id=sa.bindparam("b_job"), created_at=now,
+            step_id=sa.select(steps.c.id).where(this_step).scalar_subquery())
+
+
 def aware(value: datetime | None) -> datetime | None:
     """SQLite hands datetimes back naive; every time in the store is UTC."""
     if value is not None and value.tzinfo is None:
@@ -220,6 +269,7 @@ class JobStore:
         # statements there, and they cost no round trip).
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT") \
             if self._postgres else self.engine
+        self._hot = HotStatements(self._postgres)
         # SQLite takes one writer at a time. Threads of one process queue on this lock instead of
         # on SQLite's busy handler, whose sleeps grow to 100 ms and wreck tail latency.
         self._write_lock: Any = threading.Lock() if not self._postgres else contextlib.nullcontext()
@@ -311,12 +361,22 @@ class JobStore:
                params: dict[str, Any] | None = None) -> None:
         """Insert an event; with the job's ``params``, also the webhook deliveries announcing it,
         in the same transaction (see webhooks/outbox.py)."""
-        insert = events.insert().values(job_id=job_id, at=self._now(), kind=kind, payload=payload)
+        values = self._clock({"job_id": job_id, "kind": kind, "payload": payload})
         if self.outbox is None or params is None:
-            conn.execute(insert)
+            conn.execute(self._hot.event, values)
             return
-        event_id = conn.execute(insert.returning(events.c.id)).scalar_one()
+        event_id = conn.execute(self._hot.event_id, values).scalar_one()
         self.outbox.record(conn, self._now(), job_id, event_id, kind, payload, params)
+
+    def _clock(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A hot statement's parameters, with the time on SQLite (PostgreSQL reads its own)."""
+        if not self._postgres:
+            params["now"] = utcnow()
+        return params
+
+    @staticmethod
+    def _held(fence: Fence, **more: Any) -> dict[str, Any]:
+        return {"b_job": fence.job_id, "b_worker": fence.worker_id, "b_attempt": fence.attempt, **more}
 
     def _fenced(self, fence: Fence) -> Any:
         return sa.and_(jobs.c.id == fence.job_id, jobs.c.status == RUNNING.value,
@@ -418,6 +478,8 @@ class JobStore:
             moved = self._apply_in_one_statement(move)
             if moved is not None:
                 return moved
+        if self._plain(move):
+            return self._apply_prebuilt(move)
         now = self._now()
         where = [jobs.c.id == move.job_id, jobs.c.status == move.source.value]
         if move.fence is not None:
@@ -485,6 +547,40 @@ class JobStore:
                 and ((move.source, move.target) in ((QUEUED, RUNNING), (RUNNING, SUCCEEDED)))
                 and not self._announced("status", {"status": move.target.value}))
 
+    @staticmethod
+    def _plain(move: Move) -> bool:
+        """A claim, or a success that writes the job's record: the hot statements carry it."""
+        return (move.silent_for_s is None and move.failure is None and move.from_error_code is None
+                and ((move.source, move.target) == (QUEUED, RUNNING)
+                     or ((move.source, move.target) == (RUNNING, SUCCEEDED) and move.record is not None)))
+
+    def _apply_prebuilt(self, move: Move) -> dict[str, Any] | None:
+        hot = self._hot
+        with self.write() as conn:
+            if move.target is RUNNING:
+                row = conn.execute(hot.claim, self._clock({"b_job": move.job_id, "b_worker": move.claimant,
+                                                           "b_seed": move.seed})).mappings().one_or_none()
+                if row is None:
+                    return None
+                conn.execute(hot.claim_step, self._clock({"b_job": move.job_id,
+                                                          "b_step_seed": row["params"].get("seed")}))
+                payload: dict[str, Any] = {"status": RUNNING.value, "worker_id": move.claimant,
+                                           "attempt": row["attempts"]}
+            else:
+                assert move.fence is not None  # Move requires it out of running
+                row = conn.execute(hot.succeed, self._clock(self._held(move.fence, b_record=move.record))
+                                   ).mappings().one_or_none()
+                if row is None:
+                    return None
+                conn.execute(hot.succeed_step, self._clock({"b_job": move.job_id}))
+                if move.settles_uploads:
+                    conn.execute(hot.settle, {"b_job": move.job_id, "b_keys": list(move.settles_uploads)})
+                if move.artifacts:
+                    conn.execute(hot.artifact, [self._clock({**a, "b_job": move.job_id}) for a in move.artifacts])
+                payload = {"status": SUCCEEDED.value}
+            self._event(conn, move.job_id, "status", {**payload, **move.note}, row["params"])
+        return dict(row)
+
     def _apply_in_one_statement(self, move: Move) -> dict[str, Any] | None:
         if move.target is RUNNING:
             rows = self._statement(PG_CLAIM, {"job_id": move.job_id, "worker_id": move.claimant,
@@ -550,12 +646,10 @@ class JobStore:
                 # A progress row is worth no fsync: losing the last few on a crash is harmless,
                 # and a 30-step job would otherwise wait on 30 WAL flushes.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            held = conn.execute(jobs.update().where(self._fenced(fence)).values(heartbeat_at=self._now())
-                                .returning(jobs.c.params)).first()
+            held = conn.execute(self._hot.heartbeat_params, self._clock(self._held(fence))).first()
             if held is None:
                 return False
-            conn.execute(steps.update().where(steps.c.job_id == fence.job_id)
-                         .values(progress_current=current, progress_total=total))
+            conn.execute(self._hot.progress_step, {"b_job": fence.job_id, "b_current": current, "b_total": total})
             self._event(conn, fence.job_id, "progress", {"current": current, "total": total}, held.params)
         return True
 
@@ -567,16 +661,12 @@ class JobStore:
                                                       "attempt": fence.attempt, "key": key})[0]
             return bool(found["held"]) and (True if found["added"] else None)
         with self.write() as conn:
-            if not conn.execute(jobs.update().where(self._fenced(fence))
-                                .values(heartbeat_at=self._now())).rowcount:
+            if not conn.execute(self._hot.heartbeat, self._clock(self._held(fence))).rowcount:
                 return False
-            taken = conn.execute(sa.select(sa.literal(1)).where(sa.or_(
-                sa.exists().where(uploads.c.s3_key == key),
-                sa.exists().where(artifacts.c.s3_key == key)))).first()
-            if taken:
+            if conn.execute(self._hot.key_taken, {"b_key": key}).first():
                 return None
-            conn.execute(uploads.insert().values(job_id=fence.job_id, attempt=fence.attempt,
-                                                 s3_key=key, created_at=self._now()))
+            conn.execute(self._hot.upload, self._clock({"job_id": fence.job_id, "attempt": fence.attempt,
+                                                        "s3_key": key}))
         return True
 
     def unsettled_uploads(self, older_than_s: float, limit: int = 100) -> list[dict[str, Any]]:
@@ -698,7 +788,7 @@ class JobStore:
     def holds(self, fence: Fence) -> bool:
         """Whether the holder still holds the job (a cancel or a reclaim takes it away)."""
         with self.read() as conn:
-            return conn.execute(sa.select(jobs.c.id).where(self._fenced(fence))).first() is not None
+            return conn.execute(self._hot.holds, self._held(fence)).first() is not None
 
     def _assemble(self, conn: Connection, rows: Any) -> list[dict[str, Any]]:
         """Jobs with their steps and artifacts: two queries, then grouped by job id (linear)."""
