@@ -22,6 +22,7 @@ from typing import Any
 
 from huey import Huey
 
+
 def queue_url() -> str:
     return os.environ.get("DF_QUEUE_URL") or f"sqlite:///{os.environ['DF_DATA_DIR']}/queue.db"
 
@@ -41,11 +42,10 @@ def bare_huey() -> tuple[Huey, Any]:
 
 
 def huey_consumer() -> None:
-    from huey.consumer import Consumer
-
     # Through the module's own name: Huey names a task after its module, and the producer
     # imports this file as ``bare``, not ``__main__``.
     from bare import bare_huey as by_module_name
+    from huey.consumer import Consumer
 
     huey, _ = by_module_name()
     # `df worker`'s consumer settings: one thread, constant 20 ms polling where pops can't block.

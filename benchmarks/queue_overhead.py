@@ -15,7 +15,8 @@ For each backend pair (fake runner, 64x64, one `df worker` process, no step dela
 
 Ratios are inside one run on one machine; absolute figures move with the machine's load.
 
-    python benchmarks/queue_overhead.py [--latency-jobs 50] [--jobs 300] [--trip-jobs 100] [--backends sqlite,postgres_redis]
+    python benchmarks/queue_overhead.py [--latency-jobs 50] [--jobs 300] [--trip-jobs 100]
+        [--backends sqlite,postgres_redis]
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def bare_huey_rate(env: dict[str, str], tmp: Path, tasks: int) -> float:
     sys.path.insert(0, str(HERE))
     from bare import bare_huey
 
-    huey, noop = bare_huey()
+    _, noop = bare_huey()
     log = open(tmp / "bare-consumer.log", "w")
     consumer = subprocess.Popen([sys.executable, str(HERE / "bare.py"), "huey-consumer"],
                                 env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
@@ -159,7 +160,8 @@ def main() -> None:
     parser.add_argument("--trip-jobs", type=int, default=100)
     parser.add_argument("--backends", default="sqlite,postgres_redis")
     args = parser.parse_args()
-    rows = [(name, run_backend(name, args.latency_jobs, args.jobs, args.trip_jobs)) for name in args.backends.split(",")]
+    rows = [(name, run_backend(name, args.latency_jobs, args.jobs, args.trip_jobs))
+            for name in args.backends.split(",")]
     print(f"fake runner, 64x64, one worker; {args.latency_jobs} idle-latency jobs, {args.jobs} jobs per "
           "rate; round trips: worker→PostgreSQL bursts per job (proxy)")
     print(f"{'backend':<16}{'latency p50':>12}{'p99':>9}{'jobs/s 1 step':>15}{'10 steps':>10}{'10/1':>7}"

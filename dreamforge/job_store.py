@@ -146,9 +146,9 @@ added AS (
   INSERT INTO uploads (job_id, attempt, s3_key, created_at)
   SELECT held.id, :attempt, :key, now() FROM held, taken WHERE NOT taken.taken RETURNING id)
 SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM added) AS added""")
-# SQLite: the POST's three inserts, built once (a statement built per call costs more than the
-# insert itself); the values come as parameters.
-INSERT_JOB, INSERT_STEP, INSERT_EVENT = jobs.insert(), steps.insert(), events.insert()
+# SQLite: the POST's inserts, built once (a statement built per call costs more than the insert
+# itself); the values come as parameters.
+INSERT_JOB, INSERT_STEP = jobs.insert(), steps.insert()
 
 
 class HotStatements:
@@ -435,8 +435,7 @@ class JobStore:
                                                   "idempotency_expires_at": expires})
                         created_at = now
                     conn.execute(INSERT_STEP, step)
-                    conn.execute(INSERT_EVENT, {"job_id": job_id, "at": now, "kind": "status",
-                                                "payload": first_event})
+                    self._event(conn, job_id, "status", first_event)
         except sa.exc.IntegrityError:
             if idempotency_key_hash is None:
                 raise
