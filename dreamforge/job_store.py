@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +56,8 @@ BEGIN PERFORM pg_notify('dreamforge_events', ''); RETURN NULL; END $$ LANGUAGE p
 PG_NOTIFY_TRIGGER = """
 CREATE OR REPLACE TRIGGER dreamforge_events_notify AFTER INSERT ON events
 FOR EACH STATEMENT EXECUTE FUNCTION dreamforge_events_notify()"""
+# A pooled connection idle at least this long is pinged before use (see make_engine).
+PING_IDLE_S = 1.0
 PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                  "keepalives_count": 3, "connect_timeout": 5}
 
@@ -239,17 +242,41 @@ def make_engine(url: str, pool_size: int = 5, max_overflow: int = 10,
         raise ConfigError(f"unsupported DF_DATABASE_URL scheme: {url.split(':', 1)[0]!r} "
                           "(use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)")
     try:
-        engine = sa.create_engine(url, pool_pre_ping=pre_ping, pool_size=pool_size,
-                                  max_overflow=max_overflow, connect_args=PG_KEEPALIVES)
+        engine = sa.create_engine(url, pool_size=pool_size, max_overflow=max_overflow,
+                                  connect_args=PG_KEEPALIVES)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise ConfigError(f"DF_DATABASE_URL can't be used: {exc}") from None
 
+    if pre_ping:
+        # Pre-ping finds a connection the server dropped (a restart, an idle timeout) before a
+        # request uses it, at a round trip per checkout: half of a job's round trips when every
+        # checkout paid it (benchmarks/queue_overhead.py). A connection back from use within
+        # PING_IDLE_S was alive then; if the server went away since, its first statement fails,
+        # SQLAlchemy drops the whole pool, and the caller's retry (a worker's) or 503 (a POST)
+        # follows, as for any statement in flight at a restart.
+        @sa.event.listens_for(engine, "checkout")
+        def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+            returned = record.info.get("df_returned_at")
+            if returned is not None and time.monotonic() - returned < PING_IDLE_S:
+                return
+            try:
+                engine.dialect.do_ping(dbapi_conn)
+            except engine.dialect.loaded_dbapi.Error as exc:
+                if engine.dialect.is_disconnect(exc, dbapi_conn, None):
+                    raise sa.exc.DisconnectionError(str(exc)) from exc  # the pool connects anew
+                raise
+
+        @sa.event.listens_for(engine, "checkin")
+        def _returned(_dbapi_conn: Any, record: Any) -> None:
+            record.info["df_returned_at"] = time.monotonic()
+
     @sa.event.listens_for(engine, "connect")
-    def _pg_connect(dbapi_conn: Any, _record: Any) -> None:
+    def _pg_connect(dbapi_conn: Any, record: Any) -> None:
         with dbapi_conn.cursor() as cur:
             for name, value in PG_SESSION.items():
                 cur.execute(f"SET {name} = '{value}'")
         dbapi_conn.commit()
+        record.info["df_returned_at"] = time.monotonic()  # just answered: no ping before first use
 
     return engine
 
