@@ -3,7 +3,11 @@
 It carries out the moves that ``moves.py`` describes and answers reads; it decides nothing. Each
 move is one conditional UPDATE (``… WHERE status = 'queued'``, and the holder's worker id and
 attempt where the move names them) in the same transaction as the event that records it, so two
-processes can never both win a move and a worker that lost its job can't write to it.
+processes can never both win a move and a worker that lost its job can't write to it. On
+PostgreSQL the moves every job makes (create, claim, progress, begin_upload, success) are each
+one statement whose CTEs carry the row changes and the event, so the statement is the transaction
+(one round trip); other moves, and any move whose event a webhook announces, take the general
+path of several statements in one transaction.
 
 Every deadline is measured on one clock, the job store's: ``now()`` on PostgreSQL, so workers
 whose clocks drift can't judge each other; on SQLite every process shares one host and so one
