@@ -1,10 +1,18 @@
-"""POST /v1/jobs throughput and latency against a real `df serve` on loopback.
+"""POST /v1/jobs throughput and latency against a real `df serve` on loopback, side by side with a
+bare Starlette app (bare.py: one INSERT transaction and one Huey enqueue per POST) under the same
+uvicorn settings, on the same backends, in the same run.
 
-Starts `df serve --no-worker` (fake runner) on a free port for each backend pair, drives it with an
-asyncio httpx client at a fixed concurrency, then checks that every 202 left exactly one job row and
-one queue entry.
+For each backend pair it starts `df serve --no-worker` (fake runner) on a free port, drives it
+with an asyncio httpx client at a fixed concurrency, checks that every 202 left exactly one job
+row and one queue entry, then does the same load against the bare app. On PostgreSQL both servers
+also run behind a loopback proxy that counts round trips (scratch.RoundTripProxy:
+bursts of client bytes after the server last spoke), printed per POST, and how many connections
+each server opened per POST (connections beyond the pool's size are opened and closed per
+checkout), in a pass of their own (--trip-requests) after the timed ones, so the proxy's latency
+weighs on no rate.
 
-    python benchmarks/api_post.py [--requests 2000] [--concurrency 8] [--backends sqlite,postgres_redis]
+    python benchmarks/api_post.py [--requests 2000] [--concurrency 8] [--trip-requests 300]
+        [--backends sqlite,postgres_redis]
 """
 
 from __future__ import annotations
@@ -18,15 +26,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from queue_overhead import backend_env, percentile
+from scratch import RoundTripProxy, backend_env, percentile
+
+HERE = Path(__file__).resolve().parent
 
 BODY = {"type": "generate", "prompt": "an old-growth forest at dawn", "width": 64, "height": 64,
         "steps": 1, "format": "png"}
+WARM_UP = 50
 
 
 def free_port() -> int:
@@ -57,60 +70,92 @@ async def load(url: str, total: int, concurrency: int) -> tuple[list[float], lis
     return latencies, statuses, ids, elapsed
 
 
-def run_backend(name: str, total: int, concurrency: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        env, cleanup = backend_env(name, Path(tmp) / "data")
-        port = free_port()
-        log = open(Path(tmp) / "serve.log", "w")
-        server = subprocess.Popen([sys.executable, "-m", "dreamforge.cli.main", "serve", "--no-worker",
-                                   "--port", str(port)], env={**os.environ, **env}, stdout=log,
-                                  stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            asyncio.run(load(url, 50, concurrency))  # warm-up, counted in the checks below
-            latencies, statuses, ids, elapsed = asyncio.run(load(url, total, concurrency))
-            os.environ.update(env)
-            from dreamforge.service import JobService
-            from dreamforge.settings import Settings
+def drive(command: list[str], env: dict[str, str], log_path: Path, total: int, concurrency: int,
+          proxy: RoundTripProxy | None) -> dict[str, Any]:
+    """Start a server, warm it up, load it; the figures, with the ids it accepted."""
+    port = free_port()
+    log = open(log_path, "w")
+    server = subprocess.Popen([*command, "--port", str(port)], env={**os.environ, **env}, stdout=log,
+                              stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            if server.poll() is not None:
+                raise RuntimeError(f"{command} exited: see {log_path}")
+        asyncio.run(load(url, WARM_UP, concurrency))
+        trips, conns = (proxy.round_trips, proxy.connections) if proxy else (0, 0)
+        latencies, statuses, ids, elapsed = asyncio.run(load(url, total, concurrency))
+        result = {"rps": total / elapsed, "p50": statistics.median(latencies), "p99": percentile(latencies, 99),
+                  "errors": sum(1 for s in statuses if s != 202), "ids": ids}
+        if proxy:
+            result.update(trips=(proxy.round_trips - trips) / total, connects=proxy.connections - conns)
+        return result
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
 
-            service = JobService.from_settings(Settings())
-            rows = sum(service.job_store.counts().values())
-            pending = service.queue.pending_job_ids()
-            service.close()
-            for key in env:
-                os.environ.pop(key, None)
-        finally:
-            server.terminate()
-            server.wait(30)
-            log.close()
-            cleanup()
-    accepted = sum(1 for s in statuses if s == 202) + 50
-    return {"rps": total / elapsed, "p50": statistics.median(latencies), "p99": percentile(latencies, 99),
-            "errors": sum(1 for s in statuses if s != 202), "accepted": accepted, "rows": rows,
-            "queue_entries": len(pending), "distinct_queued": len(set(pending)),
-            "all_ids_queued": set(ids) <= set(pending)}
+
+def run_backend(name: str, total: int, concurrency: int, trip_requests: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp_name, ExitStack() as stack:
+        tmp = Path(tmp_name)
+        env = stack.enter_context(backend_env(name, tmp / "data"))
+        df_command = [sys.executable, "-m", "dreamforge.cli.main", "serve", "--no-worker"]
+        bare_command = [sys.executable, str(HERE / "bare.py"), "post-app"]
+        df = drive(df_command, env, tmp / "serve.log", total, concurrency, None)
+        os.environ.update(env)
+        from dreamforge.service import JobService
+        from dreamforge.settings import Settings
+
+        service = JobService.from_settings(Settings())
+        rows = sum(service.job_store.counts().values())
+        pending = service.queue.pending_job_ids()
+        service.queue.flush()
+        for key in env:
+            os.environ.pop(key, None)
+        df.update(accepted=sum(1 for _ in df["ids"]) + WARM_UP, rows=rows, queue_entries=len(pending),
+                  distinct_queued=len(set(pending)), all_ids_queued=set(df.pop("ids")) <= set(pending))
+        bare = drive(bare_command, env, tmp / "bare.log", total, concurrency, None)
+        bare.pop("ids")
+        if "DF_DATABASE_URL" in env:
+            # Round trips in a pass of their own, through the counting proxy (its latency would
+            # weigh on the rates above).
+            proxy = stack.enter_context(RoundTripProxy())
+            proxied = {**env, "DF_DATABASE_URL": proxy.url(env["DF_DATABASE_URL"])}
+            for figures, command in ((df, df_command), (bare, bare_command)):
+                counted = drive(command, proxied, tmp / "counted.log", trip_requests, concurrency, proxy)
+                figures.update(trips=counted["trips"], connects=counted["connects"] / trip_requests)
+            service.queue.flush()
+        service.close()
+        return {"df": df, "bare": bare}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--trip-requests", type=int, default=300)
     parser.add_argument("--backends", default="sqlite,postgres_redis")
     args = parser.parse_args()
-    results = [(name, run_backend(name, args.requests, args.concurrency)) for name in args.backends.split(",")]
-    print(f"POST /v1/jobs, {args.requests} requests at concurrency {args.concurrency}, df serve --no-worker")
-    print(f"{'backend':<16}{'POST/s':>9}{'p50':>10}{'p99':>10}{'errors':>8}{'202s':>7}{'rows':>7}"
-          f"{'queued':>8}  every 202 queued once")
+    results = [(name, run_backend(name, args.requests, args.concurrency, args.trip_requests))
+               for name in args.backends.split(",")]
+    print(f"POST /v1/jobs, {args.requests} requests at concurrency {args.concurrency}; df = df serve --no-worker, "
+          "bare = bare.py post-app (one INSERT + one Huey enqueue); PG round trips counted by a proxy")
+    print(f"{'backend':<16}{'server':<7}{'POST/s':>9}{'p50':>10}{'p99':>10}{'errors':>8}{'PG trips':>10}"
+          f"{'connects':>10}{'df/bare':>9}  every 202 queued once   (trips and connects: per POST)")
     for name, r in results:
-        once = r["accepted"] == r["rows"] == r["queue_entries"] == r["distinct_queued"] and r["all_ids_queued"]
-        print(f"{name:<16}{r['rps']:>9.1f}{r['p50']:>7.1f} ms{r['p99']:>7.1f} ms{r['errors']:>8}"
-              f"{r['accepted']:>7}{r['rows']:>7}{r['queue_entries']:>8}  {'yes' if once else 'NO'}")
+        df, bare = r["df"], r["bare"]
+        once = df["accepted"] == df["rows"] == df["queue_entries"] == df["distinct_queued"] and df["all_ids_queued"]
+        for label, x in (("df", df), ("bare", bare)):
+            trips = f"{x['trips']:>10.2f}{x['connects']:>10.3f}" if "trips" in x else f"{'-':>10}{'-':>10}"
+            tail = f"{df['rps'] / bare['rps']:>9.3f}  {'yes' if once else 'NO'}" if label == "df" else ""
+            print(f"{name:<16}{label:<7}{x['rps']:>9.1f}{x['p50']:>7.1f} ms{x['p99']:>7.1f} ms{x['errors']:>8}"
+                  f"{trips}{tail}")
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from queue_overhead import PG
+from scratch import scratch_schema
 
 JOBS = """
 INSERT INTO jobs (id, type, status, params, attempts, created_at, updated_at)
@@ -58,59 +57,49 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the sweep logs each job it re-enqueues
-    schema = f"dfbench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{PG}?options=-csearch_path%3D{schema}"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            os.environ.update(DF_DATABASE_URL=url, DF_DATA_DIR=tmp, DF_FAKE_RUNNER="1",
-                              DF_QUEUE_URL=f"sqlite:///{tmp}/q.db", DF_WORKER_TIMEOUT_S="1",
-                              DF_HEARTBEAT_INTERVAL_S="0.5")
-            from dreamforge.service import JobService
-            from dreamforge.settings import Settings
+    with scratch_schema() as (url, _schema), tempfile.TemporaryDirectory() as tmp:
+        os.environ.update(DF_DATABASE_URL=url, DF_DATA_DIR=tmp, DF_FAKE_RUNNER="1",
+                          DF_QUEUE_URL=f"sqlite:///{tmp}/q.db", DF_WORKER_TIMEOUT_S="1",
+                          DF_HEARTBEAT_INTERVAL_S="0.5")
+        from dreamforge.service import JobService
+        from dreamforge.settings import Settings
 
-            svc = JobService.from_settings(Settings())
-            engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        svc = JobService.from_settings(Settings())
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
 
-            def fill(n: int, status: str) -> None:
-                with engine.connect() as conn:
-                    conn.execute(sa.text("TRUNCATE jobs CASCADE"))
-                    conn.execute(sa.text(JOBS), {"n": n, "status": status})
-                    conn.execute(sa.text(STEPS))
-                    conn.execute(sa.text(ARTIFACTS))
-                    conn.execute(sa.text("ANALYZE"))
+        def fill(n: int, status: str) -> None:
+            with engine.connect() as conn:
+                conn.execute(sa.text("TRUNCATE jobs CASCADE"))
+                conn.execute(sa.text(JOBS), {"n": n, "status": status})
+                conn.execute(sa.text(STEPS))
+                conn.execute(sa.text(ARTIFACTS))
+                conn.execute(sa.text("ANALYZE"))
 
-            fill(args.jobs, "succeeded")
-            print(f"listing, {args.jobs} succeeded jobs with a step and an artifact each (median of 7):")
-            small = timed(lambda: svc.list_jobs(limit=100))
-            large = timed(lambda: svc.list_jobs(limit=1000))
-            print(f"  page of 100: {small:.1f} ms   page of 1000: {large:.1f} ms   ratio {large / small:.1f} "
-                  "(10 = linear)")
-            counts = {}
-            for n in (args.jobs, args.jobs * 5):
-                fill(n, "succeeded")
-                counts[n] = timed(svc.job_store.counts)
-            a, b = counts.values()
-            print(f"  df status counts: {a:.1f} ms at {args.jobs}, {b:.1f} ms at {args.jobs * 5} "
-                  f"(ratio {b / a:.1f}; a GROUP BY over the status index)")
+        fill(args.jobs, "succeeded")
+        print(f"listing, {args.jobs} succeeded jobs with a step and an artifact each (median of 7):")
+        small = timed(lambda: svc.list_jobs(limit=100))
+        large = timed(lambda: svc.list_jobs(limit=1000))
+        print(f"  page of 100: {small:.1f} ms   page of 1000: {large:.1f} ms   ratio {large / small:.1f} "
+              "(10 = linear)")
+        counts = {}
+        for n in (args.jobs, args.jobs * 5):
+            fill(n, "succeeded")
+            counts[n] = timed(svc.job_store.counts)
+        a, b = counts.values()
+        print(f"  df status counts: {a:.1f} ms at {args.jobs}, {b:.1f} ms at {args.jobs * 5} "
+              f"(ratio {b / a:.1f}; a GROUP BY over the status index)")
 
-            fill(args.jobs, "queued")
-            pending = len(svc.queue.pending_job_ids())
-            holder = timed(lambda: (svc.job_store.take_lease("orphan-sweep", "elsewhere", -1),
-                                    svc.requeue_orphans("bench")), runs=3)
-            svc.job_store.take_lease("orphan-sweep", "another worker", 3600)
-            others = timed(lambda: svc.requeue_orphans("bench"), runs=7)
-            print(f"orphan sweep, {args.jobs} queued jobs ({pending} messages before the first sweep):")
-            print(f"  the lease holder: {holder:.1f} ms per sweep (re-enqueues up to 1,000 of the oldest)")
-            print(f"  every other worker: {others:.2f} ms (the lease is taken: one UPDATE)")
-            svc.close()
-            engine.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+        fill(args.jobs, "queued")
+        pending = len(svc.queue.pending_job_ids())
+        holder = timed(lambda: (svc.job_store.take_lease("orphan-sweep", "elsewhere", -1),
+                                svc.requeue_orphans("bench")), runs=3)
+        svc.job_store.take_lease("orphan-sweep", "another worker", 3600)
+        others = timed(lambda: svc.requeue_orphans("bench"), runs=7)
+        print(f"orphan sweep, {args.jobs} queued jobs ({pending} messages before the first sweep):")
+        print(f"  the lease holder: {holder:.1f} ms per sweep (re-enqueues up to 1,000 of the oldest)")
+        print(f"  every other worker: {others:.2f} ms (the lease is taken: one UPDATE)")
+        svc.close()
+        engine.dispose()
 
 
 if __name__ == "__main__":

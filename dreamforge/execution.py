@@ -13,7 +13,6 @@ import functools
 import hashlib
 import logging
 import queue
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from dreamforge.errors import (
 from dreamforge.moves import Fence, JobFailure
 from dreamforge.progress import LostJob, ProgressReporter
 from dreamforge.runners import GeneratedBatch, GeneratedImage, Generation, LoraChoice, ModelChoice, Runner
-from dreamforge.schemas import MAX_SEED, GenerateRequest, request_of
+from dreamforge.schemas import GenerateRequest, request_of
 from dreamforge.service import JobService
 from dreamforge.spool import Spool
 from dreamforge.tables import utcnow
@@ -313,11 +312,9 @@ class Executor:
         service = self.service
         request = request_of(params)
         if request.seed is None:
-            # Drawn just before sampling, and recorded before any pixel exists.
-            params = {**params, "seed": secrets.randbelow(MAX_SEED + 1)}
-            if not service.record_seed(fence, params):
-                raise LostJob(fence.job_id)
-            request = request_of(params)
+            # The claim draws the seed of a job that names none and records it with the move
+            # (JobService.claim): the params a run gets always carry one.
+            raise RunnerError("the job has no seed: its claim did not record one", code="internal_error")
         inputs: dict[str, Any] = params.get("inputs") or {}
         generation = Generation(**{k: v for k, v in request.model_dump().items()
                                    if k in Generation.__dataclass_fields__
@@ -434,7 +431,7 @@ class Executor:
             raise RunnerError(exc.message, code="model_invalid") from None
         if not record.registered:
             return None
-        self.service.models.touch(record.name)
+        self.service.model_used(record.name)
         return ModelChoice(record.name, str(record.location), record.sha256)
 
     def _lora_choices(self, request: GenerateRequest) -> tuple[LoraChoice, ...]:
@@ -446,7 +443,7 @@ class Executor:
             except (ModelNotFound, InvalidRequest) as exc:
                 raise RunnerError(f"{exc.message} (removed after the job was queued?)",
                                   code="unknown_model") from None
-            self.service.models.touch(record.name)
+            self.service.model_used(record.name)
             choices.append(LoraChoice(record.name, str(record.location), record.sha256, lora.weight))
         return tuple(choices)
 

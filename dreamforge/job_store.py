@@ -3,7 +3,11 @@
 It carries out the moves that ``moves.py`` describes and answers reads; it decides nothing. Each
 move is one conditional UPDATE (``… WHERE status = 'queued'``, and the holder's worker id and
 attempt where the move names them) in the same transaction as the event that records it, so two
-processes can never both win a move and a worker that lost its job can't write to it.
+processes can never both win a move and a worker that lost its job can't write to it. On
+PostgreSQL the moves every job makes (create, claim, progress, begin_upload, success) are each
+one statement whose CTEs carry the row changes and the event, so the statement is the transaction
+(one round trip); other moves, and any move whose event a webhook announces, take the general
+path of several statements in one transaction.
 
 Every deadline is measured on one clock, the job store's: ``now()`` on PostgreSQL, so workers
 whose clocks drift can't judge each other; on SQLite every process shares one host and so one
@@ -16,7 +20,9 @@ write transactions start with ``BEGIN IMMEDIATE`` (a deferred BEGIN that later u
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Engine
 
 from dreamforge import migrate
 from dreamforge.errors import BackendUnavailable, ConfigError, IdempotencyConflict, JobNotFound
-from dreamforge.moves import RUNNING, Fence, Move
+from dreamforge.moves import QUEUED, RUNNING, SUCCEEDED, Fence, Move
 from dreamforge.schemas import denoising_steps
 from dreamforge.status import JobStatus, is_job_id
 from dreamforge.tables import artifacts, events, jobs, leases, steps, uploads, utcnow, webhook_deliveries, workers
@@ -53,8 +60,151 @@ BEGIN PERFORM pg_notify('dreamforge_events', ''); RETURN NULL; END $$ LANGUAGE p
 PG_NOTIFY_TRIGGER = """
 CREATE OR REPLACE TRIGGER dreamforge_events_notify AFTER INSERT ON events
 FOR EACH STATEMENT EXECUTE FUNCTION dreamforge_events_notify()"""
+# A pooled connection idle at least this long is pinged before use (see make_engine).
+PING_IDLE_S = 1.0
 PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                  "keepalives_count": 3, "connect_timeout": 5}
+
+# PostgreSQL: what a POST and a worker do for every job, each as one statement that carries the
+# row changes and their event together (a statement is its own transaction: no BEGIN, no COMMIT,
+# one round trip), written once here so nothing is built per call. Each holds only for a job
+# without a webhook of its own: a job with one takes the general path, whose outbox writes its
+# deliveries in the same transaction (and so does every job, when the server's webhooks
+# announce the event). A statement that finds no row falls back to the general path too, which
+# tells a refused move from a webhook.
+PG_CREATE = sa.text("""
+WITH job AS (
+  INSERT INTO jobs (id, type, status, params, correlation_id, attempts, retry_of, rerun_of, created_at,
+                    updated_at)
+  VALUES (:id, :type, 'queued', CAST(:params AS json), :correlation_id, 0, :retry_of, :rerun_of, now(), now())
+  RETURNING id, created_at),
+step AS (
+  INSERT INTO steps (job_id, name, status, progress_current, progress_total, seed)
+  SELECT id, :step_name, 'queued', 0, :progress_total, CAST(:seed AS bigint) FROM job),
+event AS (
+  INSERT INTO events (job_id, at, kind, payload) SELECT id, now(), 'status', CAST(:event AS json) FROM job)
+SELECT created_at FROM job""")
+# A claim and a progress row wait for no WAL flush (set_config(..., true) lasts for the statement's
+# own transaction, whose commit reads it; a flush costs ~3.5 ms on the test machine's disk, a
+# round trip 0.2 ms). A database crash may lose the last few: a lost progress row is harmless,
+# and a lost claim leaves the job queued, where every later write of that holder is refused by
+# its fence (and the orphan sweep rings the queue again). The holder's first durable write
+# (begin_upload) flushes the claim with it, WAL being one sequence.
+PG_CLAIM = sa.text("""
+WITH moved AS (
+  UPDATE jobs SET status = 'running', updated_at = now(), worker_id = :worker_id, heartbeat_at = now(),
+    attempts = attempts + 1, started_at = coalesce(started_at, now()),
+    params = CASE WHEN type <> 'download' AND params->>'seed' IS NULL AND CAST(:seed AS bigint) IS NOT NULL
+                  THEN CAST(CAST(params AS jsonb) || jsonb_build_object('seed', CAST(:seed AS bigint)) AS json)
+                  ELSE params END
+  WHERE id = :job_id AND status = 'queued' AND params->>'webhook' IS NULL
+  RETURNING id, params, attempts, correlation_id, worker_id, created_at, updated_at),
+step AS (
+  UPDATE steps SET status = 'running', progress_current = 0, started_at = now(), finished_at = NULL,
+    seed = coalesce(steps.seed, CAST(moved.params->>'seed' AS bigint))
+  FROM moved WHERE steps.job_id = moved.id),
+event AS (
+  INSERT INTO events (job_id, at, kind, payload)
+  SELECT id, now(), 'status', json_build_object('status', 'running', 'worker_id', worker_id, 'attempt', attempts)
+  FROM moved)
+SELECT id, params, attempts, correlation_id, worker_id, created_at, updated_at,
+       set_config('synchronous_commit', 'off', true) AS unflushed FROM moved""")
+PG_FINISH = sa.text("""
+WITH moved AS (
+  UPDATE jobs SET status = 'succeeded', updated_at = now(), finished_at = now(), heartbeat_at = NULL,
+    error_code = NULL, error_message = NULL, error_details = NULL, record = coalesce(CAST(:record AS json), record)
+  WHERE id = :job_id AND status = 'running' AND worker_id = :worker_id AND attempts = :attempt
+    AND params->>'webhook' IS NULL
+  RETURNING id, params, attempts, correlation_id, worker_id, created_at, updated_at),
+step AS (
+  UPDATE steps SET status = 'succeeded', finished_at = now(), progress_current = progress_total
+  FROM moved WHERE steps.job_id = moved.id RETURNING steps.id),
+settled AS (
+  DELETE FROM uploads USING moved WHERE uploads.job_id = moved.id AND uploads.s3_key = ANY(CAST(:keys AS text[]))),
+stored AS (
+  INSERT INTO artifacts (job_id, step_id, item_index, seed, width, height, format, s3_key, size_bytes, sha256,
+                         created_at)
+  SELECT moved.id, step.id, a.item_index, a.seed, a.width, a.height, a.format, a.s3_key, a.size_bytes, a.sha256, now()
+  FROM moved, step, json_to_recordset(CAST(:artifacts AS json)) AS a(item_index integer, seed bigint, width integer,
+       height integer, format text, s3_key text, size_bytes integer, sha256 text)),
+event AS (
+  INSERT INTO events (job_id, at, kind, payload) SELECT id, now(), 'status', CAST(:payload AS json) FROM moved)
+SELECT id, params, attempts, correlation_id, worker_id, created_at, updated_at FROM moved""")
+PG_PROGRESS = sa.text("""
+WITH held AS (
+  UPDATE jobs SET heartbeat_at = now()
+  WHERE id = :job_id AND status = 'running' AND worker_id = :worker_id AND attempts = :attempt
+    AND params->>'webhook' IS NULL RETURNING id),
+step AS (
+  UPDATE steps SET progress_current = :current, progress_total = :total FROM held WHERE steps.job_id = held.id),
+event AS (
+  INSERT INTO events (job_id, at, kind, payload)
+  SELECT id, now(), 'progress',
+         json_build_object('current', CAST(:current AS integer), 'total', CAST(:total AS integer)) FROM held)
+SELECT set_config('synchronous_commit', 'off', true) FROM held""")
+PG_BEGIN_UPLOAD = sa.text("""
+WITH held AS (
+  UPDATE jobs SET heartbeat_at = now()
+  WHERE id = :job_id AND status = 'running' AND worker_id = :worker_id AND attempts = :attempt RETURNING id),
+taken AS (
+  SELECT EXISTS (SELECT 1 FROM uploads WHERE s3_key = :key) OR EXISTS (SELECT 1 FROM artifacts WHERE s3_key = :key)
+    AS taken),
+added AS (
+  INSERT INTO uploads (job_id, attempt, s3_key, created_at)
+  SELECT held.id, :attempt, :key, now() FROM held, taken WHERE NOT taken.taken RETURNING id)
+SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM added) AS added""")
+# SQLite: the POST's inserts, built once (a statement built per call costs more than the insert
+# itself); the values come as parameters.
+INSERT_JOB, INSERT_STEP = jobs.insert(), steps.insert()
+
+
+class HotStatements:
+    """The statements every job runs through the general path (on SQLite, every job; on
+    PostgreSQL, a job whose webhook takes the general path), built once per store: building a
+    Core statement and its cache key cost more than SQLite's execution of it. Values come as
+    parameters named ``b_*``; ``now`` is the store's clock (a parameter on SQLite)."""
+
+    def __init__(self, postgres: bool):
+        now: Any = sa.func.now() if postgres else sa.bindparam("now", type_=sa.DateTime(timezone=True))
+        held = sa.and_(jobs.c.id == sa.bindparam("b_job"), jobs.c.status == RUNNING.value,
+                       jobs.c.worker_id == sa.bindparam("b_worker"), jobs.c.attempts == sa.bindparam("b_attempt"))
+        this_step = steps.c.job_id == sa.bindparam("b_job")
+        self.heartbeat = jobs.update().where(held).values(heartbeat_at=now)
+        self.heartbeat_params = self.heartbeat.returning(jobs.c.params)
+        self.holds = sa.select(jobs.c.id).where(held)
+        self.progress_step = steps.update().where(this_step).values(
+            progress_current=sa.bindparam("b_current"), progress_total=sa.bindparam("b_total"))
+        self.event = events.insert().values(at=now)
+        self.event_id = self.event.returning(events.c.id)
+        self.key_taken = sa.select(sa.literal(1)).where(sa.or_(
+            sa.exists().where(uploads.c.s3_key == sa.bindparam("b_key")),
+            sa.exists().where(artifacts.c.s3_key == sa.bindparam("b_key"))))
+        self.upload = uploads.insert().values(created_at=now)
+        moved = (jobs.c.params, jobs.c.attempts, jobs.c.correlation_id, jobs.c.worker_id, jobs.c.created_at,
+                 jobs.c.updated_at)
+        seed = sa.bindparam("b_seed", type_=sa.BigInteger)
+        unseeded = sa.and_(seed.is_not(None), jobs.c.type != "download",
+                           jobs.c.params["seed"].as_string().is_(None))
+        seeded = sa.cast(sa.cast(jobs.c.params, JSONB).op("||")(sa.func.jsonb_build_object("seed", seed)),
+                         sa.JSON) if postgres else sa.func.json_set(jobs.c.params, "$.seed", seed)
+        self.claim = jobs.update().where(jobs.c.id == sa.bindparam("b_job"), jobs.c.status == QUEUED.value).values(
+            status=RUNNING.value, updated_at=now, worker_id=sa.bindparam("b_worker"), heartbeat_at=now,
+            attempts=jobs.c.attempts + 1, started_at=sa.func.coalesce(jobs.c.started_at, now),
+            params=sa.case((unseeded, seeded), else_=jobs.c.params)).returning(*moved)
+        self.claim_step = steps.update().where(this_step).values(
+            status=RUNNING.value, progress_current=0, started_at=now, finished_at=None,
+            seed=sa.bindparam("b_step_seed", type_=sa.BigInteger))
+        self.succeed = jobs.update().where(held).values(
+            status=SUCCEEDED.value, updated_at=now, finished_at=now, heartbeat_at=None, error_code=None,
+            error_message=None, error_details=None, record=sa.bindparam("b_record", type_=sa.JSON)
+        ).returning(*moved)
+        self.succeed_step = steps.update().where(this_step).values(
+            status=SUCCEEDED.value, finished_at=now, progress_current=steps.c.progress_total)
+        self.settle = uploads.delete().where(uploads.c.s3_key.in_(sa.bindparam("b_keys", expanding=True)),
+                                             uploads.c.job_id == sa.bindparam("b_job"))
+        self.artifact = artifacts.insert().values(
+            job_id=sa.bindparam("b_job"), created_at=now,
+            step_id=sa.select(steps.c.id).where(this_step).scalar_subquery())
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -96,17 +246,41 @@ def make_engine(url: str, pool_size: int = 5, max_overflow: int = 10,
         raise ConfigError(f"unsupported DF_DATABASE_URL scheme: {url.split(':', 1)[0]!r} "
                           "(use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)")
     try:
-        engine = sa.create_engine(url, pool_pre_ping=pre_ping, pool_size=pool_size,
-                                  max_overflow=max_overflow, connect_args=PG_KEEPALIVES)
+        engine = sa.create_engine(url, pool_size=pool_size, max_overflow=max_overflow,
+                                  connect_args=PG_KEEPALIVES)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise ConfigError(f"DF_DATABASE_URL can't be used: {exc}") from None
 
+    if pre_ping:
+        # Pre-ping finds a connection the server dropped (a restart, an idle timeout) before a
+        # request uses it, at a round trip per checkout: half of a job's round trips when every
+        # checkout paid it (benchmarks/queue_overhead.py). A connection back from use within
+        # PING_IDLE_S was alive then; if the server went away since, its first statement fails,
+        # SQLAlchemy drops the whole pool, and the caller's retry (a worker's) or 503 (a POST)
+        # follows, as for any statement in flight at a restart.
+        @sa.event.listens_for(engine, "checkout")
+        def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+            returned = record.info.get("df_returned_at")
+            if returned is not None and time.monotonic() - returned < PING_IDLE_S:
+                return
+            try:
+                engine.dialect.do_ping(dbapi_conn)
+            except engine.dialect.loaded_dbapi.Error as exc:
+                if engine.dialect.is_disconnect(exc, dbapi_conn, None):
+                    raise sa.exc.DisconnectionError(str(exc)) from exc  # the pool connects anew
+                raise
+
+        @sa.event.listens_for(engine, "checkin")
+        def _returned(_dbapi_conn: Any, record: Any) -> None:
+            record.info["df_returned_at"] = time.monotonic()
+
     @sa.event.listens_for(engine, "connect")
-    def _pg_connect(dbapi_conn: Any, _record: Any) -> None:
+    def _pg_connect(dbapi_conn: Any, record: Any) -> None:
         with dbapi_conn.cursor() as cur:
             for name, value in PG_SESSION.items():
                 cur.execute(f"SET {name} = '{value}'")
         dbapi_conn.commit()
+        record.info["df_returned_at"] = time.monotonic()  # just answered: no ping before first use
 
     return engine
 
@@ -120,6 +294,13 @@ class JobStore:
         self.engine = make_engine(url, pool_size, max_overflow, pre_ping)
         self._writer = self.engine.execution_options(df_write=True)
         self._postgres = self.engine.dialect.name == "postgresql"
+        # PostgreSQL reads and one-statement writes run without BEGIN and COMMIT, two round trips
+        # each saved: under READ COMMITTED every statement takes its own snapshot anyway, and a
+        # single statement is atomic. SQLite keeps its transactions (a read's snapshot spans its
+        # statements there, and they cost no round trip).
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT") \
+            if self._postgres else self.engine
+        self._hot = HotStatements(self._postgres)
         # SQLite takes one writer at a time. Threads of one process queue on this lock instead of
         # on SQLite's busy handler, whose sleeps grow to 100 ms and wreck tail latency.
         self._write_lock: Any = threading.Lock() if not self._postgres else contextlib.nullcontext()
@@ -173,8 +354,23 @@ class JobStore:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self._guard(), self.engine.begin() as conn:
+        with self._guard(), self._autocommit.begin() as conn:
             yield conn
+
+    def _statement(self, statement: Any, params: dict[str, Any]) -> Any:
+        """One self-contained statement on PostgreSQL (see PG_CREATE): its rows, all fetched."""
+        with self._guard(), self._autocommit.connect() as conn:
+            return conn.execute(statement, params).mappings().all()
+
+    def _announced(self, kind: str, payload: dict[str, Any]) -> bool:
+        """Whether the server's own webhooks announce such an event (then the general path,
+        whose outbox writes the deliveries with the event)."""
+        if self.outbox is None:
+            return False
+        from dreamforge.webhooks.outbox import event_name
+
+        name = event_name(kind, payload)
+        return bool(name and name in self.outbox.server_events and self.outbox.server_urls)
 
     def ping(self) -> None:
         with self.read() as conn:
@@ -196,12 +392,22 @@ class JobStore:
                params: dict[str, Any] | None = None) -> None:
         """Insert an event; with the job's ``params``, also the webhook deliveries announcing it,
         in the same transaction (see webhooks/outbox.py)."""
-        insert = events.insert().values(job_id=job_id, at=self._now(), kind=kind, payload=payload)
+        values = self._clock({"job_id": job_id, "kind": kind, "payload": payload})
         if self.outbox is None or params is None:
-            conn.execute(insert)
+            conn.execute(self._hot.event, values)
             return
-        event_id = conn.execute(insert.returning(events.c.id)).scalar_one()
+        event_id = conn.execute(self._hot.event_id, values).scalar_one()
         self.outbox.record(conn, self._now(), job_id, event_id, kind, payload, params)
+
+    def _clock(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A hot statement's parameters, with the time on SQLite (PostgreSQL reads its own)."""
+        if not self._postgres:
+            params["now"] = utcnow()
+        return params
+
+    @staticmethod
+    def _held(fence: Fence, **more: Any) -> dict[str, Any]:
+        return {"b_job": fence.job_id, "b_worker": fence.worker_id, "b_attempt": fence.attempt, **more}
 
     def _fenced(self, fence: Fence) -> Any:
         return sa.and_(jobs.c.id == fence.job_id, jobs.c.status == RUNNING.value,
@@ -236,18 +442,31 @@ class JobStore:
         first_event = {"status": "queued", **({"retry_of": retry_of} if retry_of else {}),
                        **({"rerun_of": rerun_of} if rerun_of else {})}
         try:
-            with self.write() as conn:
-                now = self._now()
-                if idempotency_key_hash is not None:
-                    # A key past its expiry is free again: the old job keeps its row, not the key.
-                    conn.execute(jobs.update().where(jobs.c.idempotency_key_hash == idempotency_key_hash,
-                                                     jobs.c.idempotency_expires_at < now)
-                                 .values(idempotency_key_hash=None))
-                created_at = conn.execute(jobs.insert().values(**job, created_at=now, updated_at=now,
-                                                               idempotency_expires_at=expires)
-                                          .returning(jobs.c.created_at)).scalar_one()
-                conn.execute(steps.insert().values(**step))
-                self._event(conn, job_id, "status", first_event)
+            if self._postgres and idempotency_key_hash is None:
+                # No webhook announces a queued job, so no outbox row: one statement.
+                created_at = self._statement(PG_CREATE, {
+                    "id": job_id, "type": job_type, "params": json.dumps(params), "correlation_id": correlation_id,
+                    "retry_of": retry_of, "rerun_of": rerun_of, "step_name": step["name"],
+                    "progress_total": step["progress_total"], "seed": step["seed"],
+                    "event": json.dumps(first_event)})[0]["created_at"]
+            else:
+                with self.write() as conn:
+                    now = self._now()
+                    if idempotency_key_hash is not None:
+                        # A key past its expiry is free again: the old job keeps its row, not the key.
+                        conn.execute(jobs.update().where(jobs.c.idempotency_key_hash == idempotency_key_hash,
+                                                         jobs.c.idempotency_expires_at < now)
+                                     .values(idempotency_key_hash=None))
+                    if self._postgres:  # the store's clock, and the expiry, are SQL here
+                        created_at = conn.execute(jobs.insert().values(**job, created_at=now, updated_at=now,
+                                                                       idempotency_expires_at=expires)
+                                                  .returning(jobs.c.created_at)).scalar_one()
+                    else:
+                        conn.execute(INSERT_JOB, {**job, "created_at": now, "updated_at": now,
+                                                  "idempotency_expires_at": expires})
+                        created_at = now
+                    conn.execute(INSERT_STEP, step)
+                    self._event(conn, job_id, "status", first_event)
         except sa.exc.IntegrityError:
             if idempotency_key_hash is None:
                 raise
@@ -285,6 +504,12 @@ class JobStore:
     def apply(self, move: Move) -> dict[str, Any] | None:
         """Carry out ``move`` if the job is where the move expects it; the job's params, attempts
         and correlation id after the move, or None when it did not happen."""
+        if self._one_statement(move):
+            moved = self._apply_in_one_statement(move)
+            if moved is not None:
+                return moved
+        if self._plain(move):
+            return self._apply_prebuilt(move)
         now = self._now()
         where = [jobs.c.id == move.job_id, jobs.c.status == move.source.value]
         if move.fence is not None:
@@ -303,6 +528,8 @@ class JobStore:
         if target is RUNNING:
             values.update(worker_id=move.claimant, heartbeat_at=now, attempts=jobs.c.attempts + 1,
                           started_at=sa.func.coalesce(jobs.c.started_at, now))
+            if move.seed is not None:
+                values.update(params=self._seeded(move.seed))
             step_values.update(progress_current=0, started_at=now, finished_at=None)
         elif target is JobStatus.queued:
             values.update(worker_id=None, heartbeat_at=None)
@@ -325,6 +552,8 @@ class JobStore:
             ).mappings().one_or_none()
             if row is None:
                 return None
+            if target is RUNNING:
+                step_values.update(seed=row["params"].get("seed"))
             conn.execute(steps.update().where(steps.c.job_id == move.job_id).values(**step_values))
             if move.settles_uploads:
                 conn.execute(uploads.delete().where(uploads.c.s3_key.in_(move.settles_uploads),
@@ -340,6 +569,70 @@ class JobStore:
                 payload["code"] = move.failure.code
             self._event(conn, move.job_id, "status", {**payload, **move.note}, row["params"])
         return dict(row)
+
+    def _one_statement(self, move: Move) -> bool:
+        """The moves every job makes (a claim, a success) go in one statement on PostgreSQL."""
+        return (self._postgres and move.silent_for_s is None and move.failure is None
+                and move.from_error_code is None
+                and ((move.source, move.target) in ((QUEUED, RUNNING), (RUNNING, SUCCEEDED)))
+                and not self._announced("status", {"status": move.target.value}))
+
+    @staticmethod
+    def _plain(move: Move) -> bool:
+        """A claim, or a success that writes the job's record: the hot statements carry it."""
+        return (move.silent_for_s is None and move.failure is None and move.from_error_code is None
+                and ((move.source, move.target) == (QUEUED, RUNNING)
+                     or ((move.source, move.target) == (RUNNING, SUCCEEDED) and move.record is not None)))
+
+    def _apply_prebuilt(self, move: Move) -> dict[str, Any] | None:
+        hot = self._hot
+        with self.write() as conn:
+            if move.target is RUNNING:
+                row = conn.execute(hot.claim, self._clock({"b_job": move.job_id, "b_worker": move.claimant,
+                                                           "b_seed": move.seed})).mappings().one_or_none()
+                if row is None:
+                    return None
+                conn.execute(hot.claim_step, self._clock({"b_job": move.job_id,
+                                                          "b_step_seed": row["params"].get("seed")}))
+                payload: dict[str, Any] = {"status": RUNNING.value, "worker_id": move.claimant,
+                                           "attempt": row["attempts"]}
+            else:
+                assert move.fence is not None  # Move requires it out of running
+                row = conn.execute(hot.succeed, self._clock(self._held(move.fence, b_record=move.record))
+                                   ).mappings().one_or_none()
+                if row is None:
+                    return None
+                conn.execute(hot.succeed_step, self._clock({"b_job": move.job_id}))
+                if move.settles_uploads:
+                    conn.execute(hot.settle, {"b_job": move.job_id, "b_keys": list(move.settles_uploads)})
+                if move.artifacts:
+                    conn.execute(hot.artifact, [self._clock({**a, "b_job": move.job_id}) for a in move.artifacts])
+                payload = {"status": SUCCEEDED.value}
+            self._event(conn, move.job_id, "status", {**payload, **move.note}, row["params"])
+        return dict(row)
+
+    def _apply_in_one_statement(self, move: Move) -> dict[str, Any] | None:
+        if move.target is RUNNING:
+            rows = self._statement(PG_CLAIM, {"job_id": move.job_id, "worker_id": move.claimant,
+                                              "seed": move.seed})
+        else:
+            assert move.fence is not None  # Move requires it out of running
+            rows = self._statement(PG_FINISH, {
+                "job_id": move.job_id, "worker_id": move.fence.worker_id, "attempt": move.fence.attempt,
+                "record": None if move.record is None else json.dumps(move.record),
+                "keys": list(move.settles_uploads), "artifacts": json.dumps(list(move.artifacts)),
+                "payload": json.dumps({"status": move.target.value, **move.note})})
+        return dict(rows[0]) if rows else None
+
+    def _seeded(self, seed: int) -> Any:
+        """The job's params with ``seed`` added, for a job that draws images and names none."""
+        unset = sa.and_(jobs.c.type != "download", jobs.c.params["seed"].as_string().is_(None))
+        if self._postgres:
+            seeded: Any = sa.cast(sa.cast(jobs.c.params, JSONB).op("||")(sa.func.jsonb_build_object("seed", seed)),
+                                  sa.JSON)
+        else:
+            seeded = sa.func.json_set(jobs.c.params, "$.seed", seed)
+        return sa.case((unset, seeded), else_=jobs.c.params)
 
     def _insert_artifacts(self, conn: Connection, job_id: str, rows: Any) -> None:
         step_id = sa.select(steps.c.id).where(steps.c.job_id == job_id).scalar_subquery()
@@ -363,16 +656,6 @@ class JobStore:
         return True
 
     # -- fenced writes of the holder ------------------------------------------------------------
-    def record_seed(self, fence: Fence, params: dict[str, Any]) -> bool:
-        with self.write() as conn:
-            if not conn.execute(jobs.update().where(self._fenced(fence))
-                                .values(params=params, updated_at=self._now())).rowcount:
-                return False
-            conn.execute(steps.update().where(steps.c.job_id == fence.job_id)
-                         .values(seed=params["seed"]))
-            self._event(conn, fence.job_id, "log", {"message": "seed chosen", "seed": params["seed"]})
-        return True
-
     def job_log(self, fence: Fence, level: str, message: str) -> bool:
         """A line of the job's own log, from its holder."""
         with self.write() as conn:
@@ -384,34 +667,36 @@ class JobStore:
 
     def progress(self, fence: Fence, current: int, total: int) -> bool:
         """Record one step of progress; False when the holder no longer holds the job."""
+        if self._postgres and not self._announced("progress", {}) and self._statement(PG_PROGRESS, {
+                "job_id": fence.job_id, "worker_id": fence.worker_id, "attempt": fence.attempt,
+                "current": current, "total": total}):
+            return True
         with self.write() as conn:
             if self._postgres:
                 # A progress row is worth no fsync: losing the last few on a crash is harmless,
                 # and a 30-step job would otherwise wait on 30 WAL flushes.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            held = conn.execute(jobs.update().where(self._fenced(fence)).values(heartbeat_at=self._now())
-                                .returning(jobs.c.params)).first()
+            held = conn.execute(self._hot.heartbeat_params, self._clock(self._held(fence))).first()
             if held is None:
                 return False
-            conn.execute(steps.update().where(steps.c.job_id == fence.job_id)
-                         .values(progress_current=current, progress_total=total))
+            conn.execute(self._hot.progress_step, {"b_job": fence.job_id, "b_current": current, "b_total": total})
             self._event(conn, fence.job_id, "progress", {"current": current, "total": total}, held.params)
         return True
 
     def begin_upload(self, fence: Fence, key: str) -> bool | None:
         """Record, before the object is written, that the holder is about to write ``key``.
         False: the holder lost the job. None: the key is taken (by an earlier attempt)."""
+        if self._postgres:
+            found = self._statement(PG_BEGIN_UPLOAD, {"job_id": fence.job_id, "worker_id": fence.worker_id,
+                                                      "attempt": fence.attempt, "key": key})[0]
+            return bool(found["held"]) and (True if found["added"] else None)
         with self.write() as conn:
-            if not conn.execute(jobs.update().where(self._fenced(fence))
-                                .values(heartbeat_at=self._now())).rowcount:
+            if not conn.execute(self._hot.heartbeat, self._clock(self._held(fence))).rowcount:
                 return False
-            taken = conn.execute(sa.select(sa.literal(1)).where(sa.or_(
-                sa.exists().where(uploads.c.s3_key == key),
-                sa.exists().where(artifacts.c.s3_key == key)))).first()
-            if taken:
+            if conn.execute(self._hot.key_taken, {"b_key": key}).first():
                 return None
-            conn.execute(uploads.insert().values(job_id=fence.job_id, attempt=fence.attempt,
-                                                 s3_key=key, created_at=self._now()))
+            conn.execute(self._hot.upload, self._clock({"job_id": fence.job_id, "attempt": fence.attempt,
+                                                        "s3_key": key}))
         return True
 
     def unsettled_uploads(self, older_than_s: float, limit: int = 100) -> list[dict[str, Any]]:
@@ -533,7 +818,7 @@ class JobStore:
     def holds(self, fence: Fence) -> bool:
         """Whether the holder still holds the job (a cancel or a reclaim takes it away)."""
         with self.read() as conn:
-            return conn.execute(sa.select(jobs.c.id).where(self._fenced(fence))).first() is not None
+            return conn.execute(self._hot.holds, self._held(fence)).first() is not None
 
     def _assemble(self, conn: Connection, rows: Any) -> list[dict[str, Any]]:
         """Jobs with their steps and artifacts: two queries, then grouped by job id (linear)."""

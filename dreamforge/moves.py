@@ -69,8 +69,10 @@ class Move:
     fence: Fence | None = None
     # Only if the holder's heartbeat is at least this old, on the job store's clock.
     silent_for_s: float | None = None
-    # For a claim: the worker that takes the job.
+    # For a claim: the worker that takes the job, and the seed a job that draws images but names
+    # none gets with the claim (recorded before any pixel exists; a retry keeps the first one).
     claimant: str | None = None
+    seed: int | None = None
     failure: JobFailure | None = None
     # Only if the job failed with this code (recover).
     from_error_code: str | None = None
@@ -96,8 +98,8 @@ class Move:
             raise ValueError("a move out of running names the holder it expects (a fence)")
 
 
-def claim(job_id: str, worker_id: str) -> Move:
-    return Move(job_id, QUEUED, RUNNING, claimant=worker_id)
+def claim(job_id: str, worker_id: str, seed: int | None = None) -> Move:
+    return Move(job_id, QUEUED, RUNNING, claimant=worker_id, seed=seed)
 
 
 def succeed(fence: Fence, artifacts: list[dict[str, Any]], timings: dict[str, float],

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from dreamforge.errors import (
     StorageError,
 )
 from dreamforge.moves import Fence, JobFailure
-from dreamforge.schemas import GenerateRequest, JobView, request_of
+from dreamforge.schemas import MAX_SEED, GenerateRequest, JobView, request_of
 from dreamforge.settings import Settings
 from dreamforge.status import JobStatus, is_job_id
 from dreamforge.text import cut
@@ -150,6 +151,7 @@ class JobService:
                  artifact_store: ArtifactStore | None = None):
         self.settings = settings
         self.job_store = job_store
+        self._touched: dict[str, float] = {}  # model name → when this process last recorded its use
         job_store.outbox = _webhook_outbox(settings)
         if queue is not None:
             self.__dict__["queue"] = queue
@@ -601,8 +603,10 @@ class JobService:
 
     # -- the holder's moves and writes (execution.py) ---------------------------------------------
     def claim(self, job_id: str, worker_id: str) -> Claim | None:
-        """queued → running for exactly one caller; None if the job is not queued (any more)."""
-        row = self.job_store.apply(moves.claim(job_id, worker_id))
+        """queued → running for exactly one caller; None if the job is not queued (any more).
+        A job that names no seed gets one drawn here, recorded with the move: the claim's params
+        carry it, so the image's metadata and the job agree, and a retry keeps it."""
+        row = self.job_store.apply(moves.claim(job_id, worker_id, secrets.randbelow(MAX_SEED + 1)))
         if row is None:
             return None
         # Both times come from the same driver, naive (SQLite) or aware (PostgreSQL) alike.
@@ -610,11 +614,20 @@ class JobService:
         return Claim(Fence(job_id, worker_id, row["attempts"]), dict(row["params"]),
                      row["correlation_id"], queued)
 
-    def record_seed(self, fence: Fence, params: dict[str, Any]) -> bool:
-        return self.job_store.record_seed(fence, params)
-
     def progress(self, fence: Fence, current: int, total: int) -> bool:
         return self.job_store.progress(fence, current, total)
+
+    # A model's last_used_at is for people deciding what to remove (`df models list`): to the
+    # minute is plenty, and a write per job is not.
+    TOUCH_EVERY_S = 60.0
+
+    def model_used(self, name: str) -> None:
+        """A job of this process uses the registered model ``name``: recorded at most once a
+        minute per model."""
+        now = time.monotonic()
+        if now - self._touched.get(name, -self.TOUCH_EVERY_S) >= self.TOUCH_EVERY_S:
+            self.models.touch(name)
+            self._touched[name] = now
 
     def holds(self, fence: Fence) -> bool:
         return self.job_store.holds(fence)

@@ -1,0 +1,153 @@
+"""The job system's own hot path (issue 18): one statement per move on PostgreSQL, the seed drawn
+with the claim, and the same guarantees as before on both backends: a fence refuses a holder
+that lost the job, every move reaches the event stream. (A job with a webhook takes the general
+path, whose outbox rows test_webhooks.py checks on both backends.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+
+from dreamforge.execution import Executor
+from dreamforge.imaging import read_parameters
+from dreamforge.moves import Fence
+from dreamforge.runners.fake import FakeRunner
+from dreamforge.schemas import MAX_SEED, parse_request
+from dreamforge.service import JobService
+from dreamforge.settings import Settings
+
+WORKER = "worker:test:1:a"
+
+
+def request(seed: int | None = None, **extra):
+    return parse_request({"prompt": "overhead", "width": 64, "height": 64, "steps": 3, "seed": seed, **extra})
+
+
+def artifact(key: str, seed: int) -> dict:
+    return {"item_index": 0, "seed": seed, "width": 64, "height": 64, "format": "png", "s3_key": key,
+            "size_bytes": 1, "sha256": "0" * 64}
+
+
+def service() -> JobService:
+    return JobService.from_settings(Settings())
+
+
+@contextmanager
+def statements(svc: JobService) -> Iterator[list[str]]:
+    """Every statement the job store's engine sends while the block runs (BEGIN and COMMIT of
+    the driver included on SQLite, where the store issues them itself)."""
+    sent: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        sent.append(statement)
+
+    sa.event.listen(svc.job_store.engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(svc.job_store.engine, "before_cursor_execute", record)
+
+
+def test_a_seedless_job_gets_its_seed_with_the_claim_and_its_image_carries_it(df_env):
+    """No separate write records the seed: the claim does, on the job and its step, and the run
+    and the image's metadata use that seed."""
+    svc = service()
+    job_id = svc.submit(request()).view.id
+    assert svc.get(job_id).params["seed"] is None and svc.get(job_id).steps[0].seed is None
+    claim = svc.claim(job_id, WORKER)
+    assert claim is not None
+    seed = claim.params["seed"]
+    assert isinstance(seed, int) and 0 <= seed <= MAX_SEED
+    claimed = svc.get(job_id)
+    assert claimed.params["seed"] == seed and claimed.steps[0].seed == seed
+    # The rest of the run, as a worker does it after its claim.
+    assert svc.hand_back(claim.fence, "test") is True
+    assert Executor(svc, FakeRunner(), WORKER).execute(job_id) == "succeeded"
+    view = svc.get(job_id)
+    assert view.params["seed"] == seed and view.steps[0].seed == seed  # a second claim keeps it
+    assert view.artifacts[0].seed == seed
+    assert read_parameters(svc.artifact_bytes(view.artifacts[0].s3_key))["seed"] == seed
+    assert view.record["seeds"] == [seed]
+    # A seed given with the job is kept as given.
+    given = svc.submit(request(seed=1234)).view.id
+    assert Executor(svc, FakeRunner(), WORKER).execute(given) == "succeeded"
+    assert svc.get(given).params["seed"] == 1234 and svc.get(given).artifacts[0].seed == 1234
+
+
+def test_fences_refuse_a_holder_that_lost_the_job(df_env):
+    """A claim wins once; after the job went back to the queue and another attempt claimed it,
+    every write of the first attempt is refused and changes nothing."""
+    svc = service()
+    job_id = svc.submit(request(seed=7)).view.id
+    first = svc.claim(job_id, WORKER)
+    assert first is not None and svc.claim(job_id, "worker:other") is None
+    assert svc.progress(first.fence, 1, 3) and svc.holds(first.fence)
+    assert svc.hand_back(first.fence, "test")
+    second = svc.claim(job_id, "worker:other")
+    assert second is not None and second.fence.attempt == first.fence.attempt + 1
+    stale = first.fence
+    assert not svc.holds(stale)
+    assert svc.progress(stale, 2, 3) is False
+    assert svc.begin_upload(stale, "dreamforge/x/stale.png") is False
+    assert svc.succeed(stale, [artifact("dreamforge/x/stale.png", 7)], {"generate_s": 0.0}, {"seeds": [7]}) is False
+    # A fence naming another worker, or the right worker with another attempt, is refused too.
+    assert svc.progress(Fence(job_id, WORKER, second.fence.attempt), 2, 3) is False
+    assert svc.progress(Fence(job_id, "worker:other", first.fence.attempt), 2, 3) is False
+    view = svc.get(job_id)
+    assert view.status.value == "running" and view.artifacts == [] and view.steps[0].progress.current == 0
+    # The holder's own writes go through; a key already recorded is refused as taken (None).
+    assert svc.begin_upload(second.fence, "dreamforge/x/a.png") is True
+    assert svc.begin_upload(second.fence, "dreamforge/x/a.png") is None
+    # A cancel takes the job from its holder: its success is refused.
+    svc.cancel(job_id)
+    assert svc.succeed(second.fence, [artifact("dreamforge/x/a.png", 7)], {}, {"seeds": [7]}) is False
+    assert svc.get(job_id).status.value == "canceled"
+
+
+def test_the_event_stream_sees_every_move_in_order(df_env):
+    svc = service()
+    job_id = svc.submit(request(seed=3)).view.id
+    assert Executor(svc, FakeRunner(), WORKER).execute(job_id) == "succeeded"
+    kinds = [(e["kind"], e["payload"].get("status")) for e in svc.events(job_id)]
+    assert kinds[0] == ("status", "queued") and kinds[1] == ("status", "running")
+    assert kinds[-1] == ("status", "succeeded")
+    events = svc.events(job_id)
+    assert events[1]["payload"] == {"status": "running", "worker_id": WORKER, "attempt": 1}
+    assert [e["payload"] for e in events if e["kind"] == "progress"][-1] == {"current": 3, "total": 3}
+    done = events[-1]["payload"]
+    assert done["s3_key"] == svc.get(job_id).artifacts[0].s3_key and "generate_s" in done["timings"]
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    view = svc.get(job_id)
+    assert view.steps[0].status == "succeeded" and view.steps[0].progress.current == 3
+    assert view.record is not None and view.started_at is not None and view.finished_at is not None
+    # Every pending upload was settled by the success.
+    assert svc.job_store.unsettled_uploads(older_than_s=-60) == []
+
+
+def test_each_move_of_a_job_is_one_statement_on_postgresql(df_env):
+    """The POST's create, the claim, a progress write, begin_upload and the success each send one
+    statement (no BEGIN, no COMMIT) on PostgreSQL; on SQLite they keep their transactions."""
+    svc = service()
+    with statements(svc) as sent:
+        job_id = svc.submit(request(seed=5)).view.id
+    created = len(sent)
+    with statements(svc) as sent:
+        claim = svc.claim(job_id, WORKER)
+    assert claim is not None
+    claimed = len(sent)
+    with statements(svc) as sent:
+        assert svc.progress(claim.fence, 1, 3)
+    progressed = len(sent)
+    with statements(svc) as sent:
+        assert svc.begin_upload(claim.fence, "dreamforge/x/one.png")
+    began = len(sent)
+    with statements(svc) as sent:
+        assert svc.succeed(claim.fence, [artifact("dreamforge/x/one.png", 5)], {"generate_s": 0.0}, {"seeds": [5]})
+    succeeded = len(sent)
+    view = svc.get(job_id)
+    assert view.status.value == "succeeded" and [a.s3_key for a in view.artifacts] == ["dreamforge/x/one.png"]
+    assert svc.job_store.unsettled_uploads(older_than_s=-60) == []
+    if "DF_DATABASE_URL" in df_env:
+        assert (created, claimed, progressed, began, succeeded) == (1, 1, 1, 1, 1)
