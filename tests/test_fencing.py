@@ -103,7 +103,6 @@ def test_a_row_lock_held_by_a_frozen_session_stalls_nobody(df_env, start_worker,
     """A session frozen inside a transaction (a GC pause, SIGSTOP, a partition) holds the row lock
     of a job whose worker died. Meanwhile every worker stays live, new jobs run, and the reaper
     skips that row instead of waiting on it; once the lock goes, the job is recovered."""
-    workers = [start_worker(env=FAST) for _ in range(2)]
     svc = service()
     orphan = svc.submit(request("held by a dead worker")).view.id
     svc.queue.flush()  # its message went with the worker that died holding it
@@ -113,6 +112,9 @@ def test_a_row_lock_held_by_a_frozen_session_stalls_nobody(df_env, start_worker,
     frozen = engine.connect()
     tx = frozen.begin()
     frozen.execute(sa.text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": orphan})
+    # The workers start after the claim and the lock: one already waiting could take the message
+    # before the flush, and one started before the lock could reclaim the job before it is held.
+    workers = [start_worker(env=FAST) for _ in range(2)]
     try:
         fresh = [svc.submit(request(f"while frozen {i}")).view.id for i in range(5)]
         deadline = time.monotonic() + 5 * 1.5  # five worker timeouts
