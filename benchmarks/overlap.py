@@ -11,7 +11,8 @@ real image of that size. Each figure is measured in this one run; compare the ra
   the embedded default), jobs/s between the first and the last job's end;
 - single job: one job on an idle worker, from submit to succeeded, against one bare call.
 
-    python benchmarks/overlap.py [--jobs 12] [--steps 30] [--step-delay-s 0.033] [--size 1024] [--singles 5]
+    python benchmarks/overlap.py [--jobs 12] [--steps 30] [--step-delay-s 0.033] [--size 1024]
+                                  [--singles 5] [--png-level 4]
 
 With ``--sdxl``, DreamForge's SDXL runner instead of the stand-in: the bare call is the runner's
 ``generate`` in this process, the worker runs it in its child process as in production.
@@ -94,14 +95,14 @@ def bare_calls(jobs: int, steps: int, delay: float, size: int, sdxl_env: dict[st
 
 
 def with_worker(finishing: int, jobs: int, steps: int, delay: float, size: int, singles: int,
-                sdxl_env: dict[str, str] | None) -> tuple[float, float, dict[str, float]]:
+                sdxl_env: dict[str, str] | None, png_level: int) -> tuple[float, float, dict[str, float]]:
     """Seconds per job in steady state, median single-job latency, and the mean timings."""
     from dreamforge.schemas import parse_request
     from dreamforge.service import JobService
     from dreamforge.settings import Settings
 
     data = Path(tempfile.mkdtemp(prefix="df-overlap-"))
-    env = {"DF_DATA_DIR": str(data), "DF_FINISHING_JOBS": str(finishing),
+    env = {"DF_DATA_DIR": str(data), "DF_FINISHING_JOBS": str(finishing), "DF_PNG_COMPRESS_LEVEL": str(png_level),
            **({"DF_FAKE_RUNNER": "1", "DF_FAKE_STEP_DELAY_S": str(delay)} if sdxl_env is None
               else {"DF_FAKE_RUNNER": "0", **sdxl_env})}
     saved = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("DF_")}
@@ -162,6 +163,7 @@ def main() -> None:
     parser.add_argument("--step-delay-s", type=float, default=0.033, help="the stand-in GPU's time a step")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--singles", type=int, default=5)
+    parser.add_argument("--png-level", type=int, default=4, help="DF_PNG_COMPRESS_LEVEL")
     parser.add_argument("--sdxl", choices=("tiny", "full"), help="the SDXL runner on random weights")
     args = parser.parse_args()
 
@@ -174,14 +176,14 @@ def main() -> None:
     else:
         print(f"fake runner, {args.step_delay_s * 1000:.0f} ms stand-in GPU time a step")
     bare_per_call, bare_single = bare_calls(args.jobs, args.steps, args.step_delay_s, args.size, sdxl_env)
-    print(f"{args.size}x{args.size}, {args.steps} steps, PNG level {os.environ.get('DF_PNG_COMPRESS_LEVEL', '4')}, "
+    print(f"{args.size}x{args.size}, {args.steps} steps, PNG level {args.png_level}, "
           f"{args.jobs} jobs")
     print(f"bare model calls back to back: {bare_per_call:.3f} s/call ({1 / bare_per_call:.3f} calls/s), "
           f"single call median {bare_single:.3f} s")
     rows = []
     for finishing in (0, 1):
         per_job, single, timings = with_worker(finishing, args.jobs, args.steps, args.step_delay_s,
-                                               args.size, args.singles, sdxl_env)
+                                               args.size, args.singles, sdxl_env, args.png_level)
         rows.append((finishing, per_job, single, timings))
     print()
     print(f"{'DF_FINISHING_JOBS':>17}  {'s/job':>7}  {'jobs/s':>7}  {'x bare rate':>11}  "
