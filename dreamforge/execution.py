@@ -267,6 +267,7 @@ class Executor:
                 status = finish()
                 end(status)
                 return _settled(status)
+            attempt.finishing_in_background()  # before the stage can end it
             future = stage.submit(finish)
         except BaseException:
             end(None)

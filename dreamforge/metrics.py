@@ -74,6 +74,9 @@ BUSY = Gauge("dreamforge_worker_busy_slots", "Job slots running a job now",
              multiprocess_mode="livesum")
 IDLE = Gauge("dreamforge_worker_idle_slots", "Job slots waiting for a job",
              multiprocess_mode="livesum")
+FINISHING = Gauge("dreamforge_worker_finishing_jobs",
+                  "Generated jobs whose images are being encoded and stored, their slot free for the next",
+                  multiprocess_mode="livesum")
 MODELS_LOADED = Gauge("dreamforge_models_loaded", "Models loaded in this worker's runner",
                       multiprocess_mode="livesum")
 GPU_ALLOCATED = Gauge("dreamforge_gpu_memory_allocated_bytes",
@@ -121,6 +124,15 @@ class Attempt:
     raised: the job store was away, and the job stays running until it is reclaimed)."""
 
     outcome = "error"
+    finishing = False
+
+    def finishing_in_background(self) -> None:
+        """The runner is done with the job; its images are stored in the background (the
+        finishing stage), so its slot is free for the next job."""
+        if not self.finishing:
+            self.finishing = True
+            _slots.update(busy=-1)
+            FINISHING.inc()
 
     def ended(self, status: str | None) -> None:
         """The status the attempt left the job in; None when the job was lost to another worker."""
@@ -139,7 +151,10 @@ def attempt(queued_s: float | None) -> Iterator[Attempt]:
     try:
         yield run
     finally:
-        _slots.update(busy=-1)
+        if run.finishing:
+            FINISHING.dec()
+        else:
+            _slots.update(busy=-1)
         RUNNING.labels(run.outcome).observe(time.perf_counter() - started)
 
 

@@ -69,15 +69,26 @@ def in_thread(call) -> tuple[threading.Thread, list]:
     return thread, result
 
 
+def gauges() -> tuple[float, float]:
+    """This process's busy slots and jobs in the finishing stage."""
+    from dreamforge import metrics
+
+    found = {sample.name: sample.value for family in metrics.registry().collect() for sample in family.samples}
+    return found["dreamforge_worker_busy_slots"], found["dreamforge_worker_finishing_jobs"]
+
+
 def test_the_next_job_generates_while_the_last_ones_images_are_stored(gated):
     svc, store = gated
     executor = Executor(svc, FakeRunner(), "worker:test:1:overlap")
     first, second, third = (svc.submit(request(name)).view.id for name in ("first", "second", "third"))
 
+    busy, finishing = gauges()
     stored_first = executor.start(first)
     assert isinstance(stored_first, Future)
     assert store.waiting.wait(10)
     assert not stored_first.done() and svc.get(first).status.value == "running"
+    # The job's slot is free for the next one while its images are stored.
+    assert gauges() == (busy, finishing + 1)
 
     # The runner is free: the second job is claimed and generated while the first waits to be
     # stored. The stage is one job deep, so handing the second over waits for the first.
@@ -98,6 +109,7 @@ def test_the_next_job_generates_while_the_last_ones_images_are_stored(gated):
         assert view.status.value == "succeeded" and len(view.artifacts) == 1
         assert svc.artifact_bytes(view.artifacts[0].s3_key)
     assert executor.held() == []
+    assert gauges() == (busy, finishing)
     executor.close()
 
 
