@@ -523,15 +523,10 @@ class JobStore:
         if move.from_error_code is not None:
             where.append(jobs.c.error_code == move.from_error_code)
         target = move.target
+        assert target is not RUNNING, "every claim is plain: _apply_prebuilt carries it"
         values: dict[str, Any] = {"status": target.value, "updated_at": now}
         step_values: dict[str, Any] = {"status": target.value}
-        if target is RUNNING:
-            values.update(worker_id=move.claimant, heartbeat_at=now, attempts=jobs.c.attempts + 1,
-                          started_at=sa.func.coalesce(jobs.c.started_at, now))
-            if move.seed is not None:
-                values.update(params=self._seeded(move.seed))
-            step_values.update(progress_current=0, started_at=now, finished_at=None)
-        elif target is JobStatus.queued:
+        if target is JobStatus.queued:
             values.update(worker_id=None, heartbeat_at=None)
             step_values.update(progress_current=0)
         else:
@@ -552,8 +547,6 @@ class JobStore:
             ).mappings().one_or_none()
             if row is None:
                 return None
-            if target is RUNNING:
-                step_values.update(seed=row["params"].get("seed"))
             conn.execute(steps.update().where(steps.c.job_id == move.job_id).values(**step_values))
             if move.settles_uploads:
                 conn.execute(uploads.delete().where(uploads.c.s3_key.in_(move.settles_uploads),
@@ -561,8 +554,6 @@ class JobStore:
             if move.artifacts:
                 self._insert_artifacts(conn, move.job_id, move.artifacts)
             payload: dict[str, Any] = {"status": target.value}
-            if target is RUNNING:
-                payload.update(worker_id=move.claimant, attempt=row["attempts"])
             if move.failure is not None:
                 self._event(conn, move.job_id, "error", {"code": move.failure.code,
                                                          "message": move.failure.message})
@@ -623,16 +614,6 @@ class JobStore:
                 "keys": list(move.settles_uploads), "artifacts": json.dumps(list(move.artifacts)),
                 "payload": json.dumps({"status": move.target.value, **move.note})})
         return dict(rows[0]) if rows else None
-
-    def _seeded(self, seed: int) -> Any:
-        """The job's params with ``seed`` added, for a job that draws images and names none."""
-        unset = sa.and_(jobs.c.type != "download", jobs.c.params["seed"].as_string().is_(None))
-        if self._postgres:
-            seeded: Any = sa.cast(sa.cast(jobs.c.params, JSONB).op("||")(sa.func.jsonb_build_object("seed", seed)),
-                                  sa.JSON)
-        else:
-            seeded = sa.func.json_set(jobs.c.params, "$.seed", seed)
-        return sa.case((unset, seeded), else_=jobs.c.params)
 
     def _insert_artifacts(self, conn: Connection, job_id: str, rows: Any) -> None:
         step_id = sa.select(steps.c.id).where(steps.c.job_id == job_id).scalar_subquery()
