@@ -145,16 +145,14 @@ class WorkerRuntime:
             if self.executor.hand_back(fence.job_id, reason):
                 log.info("[job=%s] handed back to the queue", fence.job_id)
 
-    def finish_held(self, timeout: float, reason: str) -> None:
+    def stop(self, grace_s: float | None = None, reason: str = "worker stopped") -> None:
         """Let the finishing stage store the images it holds (they exist: storing them is the
-        quickest way to those jobs' end) for up to ``timeout``; hand back what is still held."""
-        if not self.executor.drain(timeout):
-            log.warning("images still being stored after %.0f s", timeout)
+        quickest way to those jobs' end) for up to ``grace_s`` (DF_SHUTDOWN_GRACE_S), hand back
+        what is still held, then stop. The heartbeat goes on until then."""
+        grace_s = self.service.settings.shutdown_grace_s if grace_s is None else grace_s
+        if not self.executor.drain(grace_s):
+            log.warning("images still being stored after %.0f s", grace_s)
         self.hand_back_held(reason)
-
-    def stop(self) -> None:
-        # The heartbeat goes on while the finishing stage stores what it holds.
-        self.finish_held(self.service.settings.shutdown_grace_s, "worker stopped")
         self.executor.close()
         self._heartbeat.stop()
         self._reaper.stop()
@@ -288,6 +286,5 @@ class EmbeddedWorker:
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         self._stop.set()
         self._thread.join(timeout=self.settings.shutdown_grace_s)
-        self.runtime.finish_held(max(0.0, deadline - time.monotonic()), "server stopped")
+        self.runtime.stop(max(0.0, deadline - time.monotonic()), "server stopped")
         metrics.worker_stopped(self.runtime.worker_id, self.runner.name)
-        self.runtime.stop()
