@@ -7,6 +7,7 @@ job is not held any more, ``report`` raises LostJob in the runner's thread, whic
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -34,8 +35,10 @@ class ProgressReporter:
     """``report(current, total)`` from the runner's thread; ``close()`` when the run is over, then
     ``wait()`` before recording the job's end, so its last progress comes before it."""
 
-    def __init__(self, service: JobService, fence: Fence, warn: Callable[[str], object] = log.warning):
-        self.service, self.fence, self.warn = service, fence, warn
+    def __init__(self, service: JobService, fence: Fence, warn: Callable[[str], object] | None = None):
+        # The message is data (a store's error text): an argument of the log line, never its format.
+        self.service, self.fence = service, fence
+        self.warn = warn or functools.partial(log.warning, "[job=%s] %s", fence.job_id)
         self.lost = False
         self._latest: tuple[int, int] | None = None
         self._recorded: tuple[int, int] | None = None
