@@ -9,10 +9,11 @@ real image of that size. Each figure is measured in this one run; compare the ra
 - bare: ``FakeRunner.generate`` called back to back in this process, the model call alone;
 - steady state: N jobs submitted at once to one `df worker` process (SQLite job store and queue,
   the embedded default), jobs/s between the first and the last job's end;
-- single job: one job on an idle worker, from submit to succeeded, against one bare call.
+- single job: one job on an idle worker, from submit to succeeded, against a bare call made just
+  before it; the median of those ratios.
 
     python benchmarks/overlap.py [--jobs 12] [--steps 30] [--step-delay-s 0.033] [--size 1024]
-                                  [--singles 5] [--png-level 4]
+                                  [--singles 5] [--png-level 4] [--png-encoder isal|pillow]
 
 With ``--sdxl``, DreamForge's SDXL runner instead of the stand-in: the bare call is the runner's
 ``generate`` in this process, the worker runs it in its child process as in production.
@@ -61,48 +62,60 @@ def save_sdxl(kind: str, root: Path) -> tuple[Path, dict[str, str]]:
     return folder, {"DF_DEVICE": "cuda", "DF_DTYPE": "float16"}
 
 
-def bare_calls(jobs: int, steps: int, delay: float, size: int, sdxl_env: dict[str, str] | None,
-               ) -> tuple[float, float]:
-    """Seconds per call back to back (steady state), and the median single call."""
+def bare_runner(sdxl_env: dict[str, str] | None, delay: float, size: int, steps: int) -> Any:
+    """The model call alone, in this process: the fake runner, or the SDXL runner loaded and warm."""
     from dreamforge.runners import Generation
     from dreamforge.runners.fake import FakeRunner
 
-    runner: Any
     if sdxl_env is None:
-        runner = FakeRunner(step_delay_s=delay)
-    else:
-        from dreamforge.runners.sdxl import SDXL
-        from dreamforge.settings import Settings
+        return FakeRunner(step_delay_s=delay)
+    from dreamforge.runners.sdxl import SDXL
+    from dreamforge.settings import Settings
 
-        runner = SDXL(Settings(**{k[3:].lower(): v for k, v in sdxl_env.items()}))
-        runner.load()
-        warm = Generation(prompt="warm-up", negative_prompt=None, guidance=7.0, width=size, height=size,
-                          steps=steps, seed=0)
-        runner.generate(warm, lambda current, total: None)
-    times = []
+    runner = SDXL(Settings(**{k[3:].lower(): v for k, v in sdxl_env.items()}))
+    runner.load()
+    warm = Generation(prompt="warm-up", negative_prompt=None, guidance=7.0, width=size, height=size,
+                      steps=steps, seed=0)
+    runner.generate(warm, lambda current, total: None)
+    return runner
+
+
+def bare_call(runner: Any, i: int, steps: int, size: int, sdxl_env: dict[str, str] | None) -> float:
+    """Seconds for one bare model call."""
+    from dreamforge.runners import Generation
+
+    request = Generation(prompt=f"bare {i}", negative_prompt=None, guidance=7.0, width=size,
+                         height=size, steps=steps, seed=i)
+    t0 = time.perf_counter()
+    runner.generate(request, lambda current, total: None)
+    if sdxl_env is not None and sdxl_env["DF_DEVICE"] == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def bare_calls(runner: Any, jobs: int, steps: int, size: int, sdxl_env: dict[str, str] | None) -> float:
+    """Seconds per call, back to back (steady state)."""
     started = time.perf_counter()
     for i in range(jobs):
-        request = Generation(prompt=f"bare {i}", negative_prompt=None, guidance=7.0, width=size,
-                             height=size, steps=steps, seed=i)
-        t0 = time.perf_counter()
-        runner.generate(request, lambda current, total: None)
-        if sdxl_env is not None and sdxl_env["DF_DEVICE"] == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return (time.perf_counter() - started) / jobs, statistics.median(times)
+        bare_call(runner, i, steps, size, sdxl_env)
+    return (time.perf_counter() - started) / jobs
 
 
 def with_worker(finishing: int, jobs: int, steps: int, delay: float, size: int, singles: int,
-                sdxl_env: dict[str, str] | None, png_level: int) -> tuple[float, float, dict[str, float]]:
-    """Seconds per job in steady state, median single-job latency, and the mean timings."""
+                sdxl_env: dict[str, str] | None, png_level: int, runner: Any, png_encoder: str,
+                ) -> tuple[float, float, float, dict[str, float]]:
+    """Seconds per job in steady state, the median single-job latency and the median of each
+    single job's latency over a bare call made just before it (pairs, so that the machine's load
+    weighs on both alike), and the mean timings."""
     from dreamforge.schemas import parse_request
     from dreamforge.service import JobService
     from dreamforge.settings import Settings
 
     data = Path(tempfile.mkdtemp(prefix="df-overlap-"))
     env = {"DF_DATA_DIR": str(data), "DF_FINISHING_JOBS": str(finishing), "DF_PNG_COMPRESS_LEVEL": str(png_level),
+           "DF_PNG_ENCODER": png_encoder,
            **({"DF_FAKE_RUNNER": "1", "DF_FAKE_STEP_DELAY_S": str(delay)} if sdxl_env is None
               else {"DF_FAKE_RUNNER": "0", **sdxl_env})}
     saved = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("DF_")}
@@ -135,18 +148,20 @@ def with_worker(finishing: int, jobs: int, steps: int, delay: float, size: int, 
         views = wait([submit(i) for i in range(jobs)])
         ends = sorted(v.finished_at.timestamp() for v in views)
         per_job = (ends[-1] - ends[0]) / (len(ends) - 1)
-        latencies = []
+        latencies, ratios = [], []
         for i in range(singles):
+            bare = bare_call(runner, 2000 + i, steps, size, sdxl_env)
             time.sleep(0.3)
             (view,) = wait([submit(1000 + i)])
             latencies.append(view.finished_at.timestamp() - view.created_at.timestamp())
+            ratios.append(latencies[-1] / bare)
         timings: dict[str, float] = {}
         for name in ("generate_s", "encode_s", "store_s"):
             values = [e["payload"]["timings"][name] for v in views for e in svc.events(v.id)
                       if e["payload"].get("status") == "succeeded"]
             timings[name] = statistics.mean(values)
         svc.close()
-        return per_job, statistics.median(latencies), timings
+        return per_job, statistics.median(latencies), statistics.median(ratios), timings
     finally:
         worker.terminate()
         worker.wait(30)
@@ -164,6 +179,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--singles", type=int, default=5)
     parser.add_argument("--png-level", type=int, default=4, help="DF_PNG_COMPRESS_LEVEL")
+    parser.add_argument("--png-encoder", default="isal", choices=("isal", "pillow"), help="DF_PNG_ENCODER")
     parser.add_argument("--sdxl", choices=("tiny", "full"), help="the SDXL runner on random weights")
     args = parser.parse_args()
 
@@ -175,22 +191,22 @@ def main() -> None:
               "images are noise, which PNG can't compress: the encode is at its slowest)")
     else:
         print(f"fake runner, {args.step_delay_s * 1000:.0f} ms stand-in GPU time a step")
-    bare_per_call, bare_single = bare_calls(args.jobs, args.steps, args.step_delay_s, args.size, sdxl_env)
-    print(f"{args.size}x{args.size}, {args.steps} steps, PNG level {args.png_level}, "
+    runner = bare_runner(sdxl_env, args.step_delay_s, args.size, args.steps)
+    bare_per_call = bare_calls(runner, args.jobs, args.steps, args.size, sdxl_env)
+    print(f"{args.size}x{args.size}, {args.steps} steps, PNG {args.png_encoder} level {args.png_level}, "
           f"{args.jobs} jobs")
-    print(f"bare model calls back to back: {bare_per_call:.3f} s/call ({1 / bare_per_call:.3f} calls/s), "
-          f"single call median {bare_single:.3f} s")
+    print(f"bare model calls back to back: {bare_per_call:.3f} s/call ({1 / bare_per_call:.3f} calls/s); "
+          "each single job is paired with a bare call made just before it")
     rows = []
     for finishing in (0, 1):
-        per_job, single, timings = with_worker(finishing, args.jobs, args.steps, args.step_delay_s,
-                                               args.size, args.singles, sdxl_env, args.png_level)
-        rows.append((finishing, per_job, single, timings))
+        rows.append((finishing, *with_worker(finishing, args.jobs, args.steps, args.step_delay_s, args.size,
+                                             args.singles, sdxl_env, args.png_level, runner, args.png_encoder)))
     print()
     print(f"{'DF_FINISHING_JOBS':>17}  {'s/job':>7}  {'jobs/s':>7}  {'x bare rate':>11}  "
           f"{'single s':>8}  {'x bare call':>11}  {'generate_s':>10}  {'encode_s':>8}  {'store_s':>7}")
-    for finishing, per_job, single, timings in rows:
+    for finishing, per_job, single, single_ratio, timings in rows:
         print(f"{finishing:>17}  {per_job:7.3f}  {1 / per_job:7.3f}  {bare_per_call / per_job:11.3f}  "
-              f"{single:8.3f}  {single / bare_single:11.3f}  {timings['generate_s']:10.3f}  "
+              f"{single:8.3f}  {single_ratio:11.3f}  {timings['generate_s']:10.3f}  "
               f"{timings['encode_s']:8.3f}  {timings['store_s']:7.3f}")
 
 

@@ -358,7 +358,7 @@ class Executor:
                 te = time.perf_counter()
                 data = imaging.encode(made.image, request.format,
                                       imaging.item_metadata(meta, item, made.seed, self.runner.name, record),
-                                      self.service.settings.png_compress_level)
+                                      service.settings.png_compress_level, service.settings.png_encoder)
                 ts = time.perf_counter()
                 encode_s += ts - te
                 key = self._begin_upload(fence, item, made, request.format, request.type)

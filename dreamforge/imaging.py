@@ -9,6 +9,8 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from dreamforge import png
+
 METADATA_KEY = "dreamforge"
 EXIF_IMAGE_DESCRIPTION = 0x010E
 
@@ -68,14 +70,17 @@ PNG_COMPRESS_LEVEL = 4
 
 
 def encode(image: Image.Image, fmt: str, params: dict[str, Any],
-           png_compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+           png_compress_level: int = PNG_COMPRESS_LEVEL, png_encoder: str = "isal") -> bytes:
     meta = json.dumps(params, sort_keys=True, ensure_ascii=False)
     buf = io.BytesIO()
     if fmt == "png":
-        info = PngInfo()
         # iTXt (UTF-8) so that any prompt survives; "parameters" is what A1111 and ComfyUI read.
-        info.add_itxt("parameters", parameters_text(params))
-        info.add_itxt(METADATA_KEY, meta)
+        texts = (("parameters", parameters_text(params)), (METADATA_KEY, meta))
+        if png_encoder == "isal" and png.supports(image):
+            return png.encode(image, texts, png_compress_level)
+        info = PngInfo()
+        for keyword, text in texts:
+            info.add_itxt(keyword, text)
         image.save(buf, format="PNG", pnginfo=info, compress_level=png_compress_level)
     else:
         exif = Image.Exif()

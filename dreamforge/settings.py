@@ -81,7 +81,11 @@ class Settings(BaseSettings):
     # The most items of a batch one pipeline call makes (the SDXL runner halves it when the GPU
     # runs out of memory). 1: each item alone, bit for bit the image of a count-1 job with its seed.
     max_batch: int = Field(default=8, ge=1, le=8)
-    # PNG zlib level (0-9): 4 balances size and time (benchmarks/png_levels.py); 1 for speed.
+    # How the PNGs a worker writes are made: "isal" (dreamforge/png.py: one filter, ISA-L's
+    # deflate, 10-25 ms at 1024x1024) or "pillow" (Pillow's adaptive filters and zlib, 60-210 ms,
+    # a few per cent smaller). benchmarks/png_levels.py measures both.
+    png_encoder: Literal["isal", "pillow"] = "isal"
+    # 0 fastest .. 9 smallest: zlib's level for "pillow"; "isal" maps it onto ISA-L's 0-3.
     png_compress_level: int = Field(default=4, ge=0, le=9)
     # The child reports after every step; this much silence means it hung. Loading gets longer.
     step_timeout_s: float = Field(default=600.0, gt=0)

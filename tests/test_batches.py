@@ -289,15 +289,22 @@ def test_cli_count_output_files_show_and_rerun(df_env, tmp_path: Path):
 
 
 @sqlite_only
-def test_png_compress_level_is_a_setting(df_env, monkeypatch):
-    """DF_PNG_COMPRESS_LEVEL=0 stores the same pixels uncompressed: a larger file."""
-    sizes, images = [], []
+@pytest.mark.parametrize("encoder", ["isal", "pillow"])
+def test_png_encoder_and_level_are_settings(df_env, monkeypatch, encoder):
+    """DF_PNG_ENCODER picks the writer and DF_PNG_COMPRESS_LEVEL=0 its fastest level: the same
+    pixels and parameters either way, a larger file at level 0."""
+    monkeypatch.setenv("DF_PNG_ENCODER", encoder)
+    sizes, pixels, params = [], [], []
     for level in ("4", "0"):
         monkeypatch.setenv("DF_PNG_COMPRESS_LEVEL", level)
         svc = service()
-        job = svc.submit(request(prompt=f"level {level}")).view
+        job = svc.submit(request(prompt="one picture")).view
         assert run(svc, job.id) == "succeeded"
         [data] = made(svc, job.id)
         sizes.append(len(data))
-        images.append(data)
+        with Image.open(io.BytesIO(data)) as image:
+            pixels.append(image.convert("RGB").tobytes())
+        params.append(read_parameters(data))
     assert sizes[1] > sizes[0]
+    assert pixels[0] == pixels[1] and params[0] == params[1]
+    assert params[0]["prompt"] == "one picture"

@@ -162,10 +162,11 @@ def test_a_stopping_worker_stores_what_its_stage_holds_first(gated):
 def test_a_worker_killed_with_a_job_in_its_stage_loses_neither_job(df_env, start_worker, fault_report):
     """A SIGKILL while one job's images are being stored and the next is generating: both are
     reclaimed and made again, each ends with its own images, and no object is left without a row.
-    A 2048x2048 pair at zlib level 9 takes seconds to encode, which holds the first job in the
-    stage while the second (slow steps) runs."""
+    A 2048x2048 pair at Pillow's zlib level 9 takes seconds to encode, which holds the first job in
+    the stage while the second (slow steps) runs."""
     svc = JobService.from_settings(Settings())
-    victim = start_worker(env={**FAST_RECLAIM, "DF_FAKE_STEP_DELAY_S": "0.1", "DF_PNG_COMPRESS_LEVEL": "9"})
+    victim = start_worker(env={**FAST_RECLAIM, "DF_FAKE_STEP_DELAY_S": "0.1",
+                                               "DF_PNG_ENCODER": "pillow", "DF_PNG_COMPRESS_LEVEL": "9"})
     big = svc.submit(request("big, slow to encode", steps=1, size=2048, count=2)).view.id
     slow = svc.submit(request("slow steps", steps=150)).view.id
 
