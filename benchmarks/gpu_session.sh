@@ -38,71 +38,70 @@ failed=()
 step() { echo; echo "== [$SECONDS s] $*"; }
 
 main() {
+  step "install the carried wheels into $site"
+  ls "$wheels"/*.whl >/dev/null || { echo "FATAL: no wheels in $wheels: run benchmarks/gpu_wheels.sh here first"; exit 1; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl \
+    || { echo "FATAL: the wheels did not install"; exit 1; }
+  export PYTHONPATH="$site"
+  spare=$(python3 benchmarks/gpu_kit_versions.py spares "$wheels/spare") || { echo "FATAL: version check"; exit 1; }
+  if [ -n "$spare" ]; then
+    # shellcheck disable=SC2086  # one path a line, no spaces
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" $spare \
+      || { echo "FATAL: the spare wheels did not install"; exit 1; }
+  fi
 
-step "install the carried wheels into $site"
-ls "$wheels"/*.whl >/dev/null || { echo "FATAL: no wheels in $wheels: run benchmarks/gpu_wheels.sh here first"; exit 1; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl \
-  || { echo "FATAL: the wheels did not install"; exit 1; }
-export PYTHONPATH="$site"
-spare=$(python3 benchmarks/gpu_kit_versions.py spares "$wheels/spare") || { echo "FATAL: version check"; exit 1; }
-if [ -n "$spare" ]; then
-  # shellcheck disable=SC2086  # one path a line, no spaces
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" $spare \
-    || { echo "FATAL: the spare wheels did not install"; exit 1; }
-fi
+  step "the machine"
+  if [ "$smoke" = 1 ]; then
+    echo "GPU_SESSION_SMOKE=1: no GPU, the tiny model on the CPU" | tee "$OUT/nvidia-smi.txt"
+  else
+    nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.txt"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$OUT/nvidia-smi.txt"
+  fi
+  nproc; free -g | head -2; df -h /tmp | tail -1
+  python3 benchmarks/gpu_kit_versions.py report 2>&1 | tee "$OUT/versions.txt"
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+              torch.cuda.get_device_name() if torch.cuda.is_available() else "-")' 2>&1 | tee -a "$OUT/versions.txt"
 
-step "the machine"
-if [ "$smoke" = 1 ]; then
-  echo "GPU_SESSION_SMOKE=1: no GPU, the tiny model on the CPU" | tee "$OUT/nvidia-smi.txt"
-else
-  nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.txt"
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$OUT/nvidia-smi.txt"
-fi
-nproc; free -g | head -2; df -h /tmp | tail -1
-python3 benchmarks/gpu_kit_versions.py report 2>&1 | tee "$OUT/versions.txt"
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
-            torch.cuda.get_device_name() if torch.cuda.is_available() else "-")' 2>&1 | tee -a "$OUT/versions.txt"
+  if [ "${SKIP_OVERLAP:-0}" = 1 ]; then
+    step "overlap.py skipped (SKIP_OVERLAP=1)"
+  else
+    if [ "$smoke" = 1 ]; then overlap_args=(--sdxl tiny --size 64 --steps 4 --jobs 2 --singles 1)
+    else overlap_args=(--sdxl full --jobs 6 --singles 2); fi
+    step "python3 benchmarks/overlap.py ${overlap_args[*]} (at most ${overlap_cap_s} s)"
+    since=$(date +%s)
+    # timeout signals its whole process group: the df worker and its runner child end too.
+    timeout -k 15 "$overlap_cap_s" python3 benchmarks/overlap.py "${overlap_args[@]}" 2>&1 | tee "$OUT/overlap-sdxl.log"
+    rc=$?
+    [ "$rc" = 0 ] || { failed+=("overlap.py exit $rc"); echo "!! overlap.py FAILED or was cut (exit $rc)"; }
+    # The workers' own logs (overlap.py leaves each round's data folder in /tmp): the place to look
+    # when a job failed.
+    find /tmp -maxdepth 2 -path '/tmp/df-overlap-*/worker.log' -newermt "@$since" -print0 2>/dev/null \
+      | xargs -0 -r -I{} sh -c 'echo "--- {}"; tail -c 2000000 "{}"' >"$OUT/overlap-workers.log"
+  fi
 
-if [ "${SKIP_OVERLAP:-0}" = 1 ]; then
-  step "overlap.py skipped (SKIP_OVERLAP=1)"
-else
-  if [ "$smoke" = 1 ]; then overlap_args=(--sdxl tiny --size 64 --steps 4 --jobs 2 --singles 1)
-  else overlap_args=(--sdxl full --jobs 6 --singles 2); fi
-  step "python3 benchmarks/overlap.py ${overlap_args[*]} (at most ${overlap_cap_s} s)"
-  since=$(date +%s)
-  # timeout signals its whole process group: the df worker and its runner child end too.
-  timeout -k 15 "$overlap_cap_s" python3 benchmarks/overlap.py "${overlap_args[@]}" 2>&1 | tee "$OUT/overlap-sdxl.log"
+  step "python3 benchmarks/gpu_compiled.py"
+  budget_s=$((end_s - headroom_s - SECONDS))
+  compiled_args=(--variants "$variants" --out "$OUT/gpu-compiled.json")
+  if [ "$smoke" = 1 ]; then compiled_args+=(--cpu-smoke); fi
+  if [ "$budget_s" -lt 60 ]; then
+    echo "!! only $budget_s s of budget left: eager alone"
+    budget_s=60
+  fi
+  kill_s=$((end_s + 30 - SECONDS))
+  echo "--budget-s $budget_s, stopped after $kill_s s at the latest; variants $variants"
+  timeout -k 10 "$kill_s" python3 benchmarks/gpu_compiled.py "${compiled_args[@]}" --budget-s "$budget_s" 2>&1 \
+    | tee "$OUT/gpu-compiled.log"
   rc=$?
-  [ "$rc" = 0 ] || { failed+=("overlap.py exit $rc"); echo "!! overlap.py FAILED or was cut (exit $rc)"; }
-  # The workers' own logs (overlap.py leaves each round's data folder in /tmp): the place to look
-  # when a job failed.
-  find /tmp -maxdepth 2 -path '/tmp/df-overlap-*/worker.log' -newermt "@$since" -print0 2>/dev/null \
-    | xargs -0 -r -I{} sh -c 'echo "--- {}"; tail -c 2000000 "{}"' >"$OUT/overlap-workers.log"
-fi
+  [ "$rc" = 0 ] || { failed+=("gpu_compiled.py exit $rc"); echo "!! gpu_compiled.py FAILED or was cut (exit $rc)"; }
 
-step "python3 benchmarks/gpu_compiled.py"
-budget_s=$((end_s - headroom_s - SECONDS))
-compiled_args=(--variants "$variants" --out "$OUT/gpu-compiled.json")
-if [ "$smoke" = 1 ]; then compiled_args+=(--cpu-smoke); fi
-if [ "$budget_s" -lt 60 ]; then
-  echo "!! only $budget_s s of budget left: eager alone"
-  budget_s=60
-fi
-kill_s=$((end_s + 30 - SECONDS))
-echo "--budget-s $budget_s, stopped after $kill_s s at the latest; variants $variants"
-timeout -k 10 "$kill_s" python3 benchmarks/gpu_compiled.py "${compiled_args[@]}" --budget-s "$budget_s" 2>&1 \
-  | tee "$OUT/gpu-compiled.log"
-rc=$?
-[ "$rc" = 0 ] || { failed+=("gpu_compiled.py exit $rc"); echo "!! gpu_compiled.py FAILED or was cut (exit $rc)"; }
-
-step "end"
-[ "$smoke" = 1 ] || nvidia-smi --query-gpu=memory.used,temperature.gpu,clocks.sm --format=csv 2>&1
-ls -l "$OUT"
-if [ "${#failed[@]}" -gt 0 ]; then
-  echo "!! FAILED: ${failed[*]}"
-  exit 1
-fi
-echo "all ran to the end in $SECONDS s"
+  step "end"
+  [ "$smoke" = 1 ] || nvidia-smi --query-gpu=memory.used,temperature.gpu,clocks.sm --format=csv 2>&1
+  ls -l "$OUT"
+  if [ "${#failed[@]}" -gt 0 ]; then
+    echo "!! FAILED: ${failed[*]}"
+    exit 1
+  fi
+  echo "all ran to the end in $SECONDS s"
 }
 
 main 2>&1 | tee "$OUT/session.log"
