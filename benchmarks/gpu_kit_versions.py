@@ -51,7 +51,9 @@ def requirements() -> list[tuple[str, Requirement]]:
         found += [(f"pyproject[{extra}]", Requirement(r)) for r in project["optional-dependencies"][extra]]
     for name in RELIED:
         dist = installed(name)
-        for text in (dist.requires or []) if dist else []:
+        if dist is None:
+            continue
+        for text in dist.requires or []:
             req = Requirement(text)
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 found.append((f"{name} {dist.version}", req))
