@@ -78,6 +78,8 @@ done
 
 # A wheel's file name starts with its name normalised (PEP 427: runs of -_. become _), any case.
 wheel_prefix() { local n="${1%%==*}"; n="${n//[-.]/_}"; echo "${n,,}-${1##*==}-"; }
+# This host's pip configuration names local index folders that may not exist: a warning per package.
+quiet() { { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2; }
 has_wheel() { [ -n "$(find "$1" -maxdepth 1 -type f -iname "$2*.whl")" ]; }  # folder prefix
 
 fetch() {  # spec folder
@@ -87,10 +89,10 @@ fetch() {  # spec folder
   find "$into" -maxdepth 1 -type f -iname "${prefix%%-*}-*" ! -iname "${prefix}*.whl" -print -delete
   if has_wheel "$into" "$prefix"; then return; fi
   if ! python3 -m pip download -q --no-deps --no-cache-dir --only-binary=:all: --python-version "$python_version" \
-         --implementation cp --abi "$abi" --abi abi3 --abi none "${platforms[@]}" -d "$into" "$spec"; then
-    # Published as a source archive only (huey): build its pure-Python wheel here, still alone.
+         --implementation cp --abi "$abi" --abi abi3 --abi none "${platforms[@]}" -d "$into" "$spec" 2>&1 | quiet; then
+    # Published as a source archive only: build its pure-Python wheel here, still alone.
     echo "no wheel of $spec for $abi; building one from its source archive" >&2
-    python3 -m pip wheel -q --no-deps --no-cache-dir --no-build-isolation --no-binary :all: -w "$into" "$spec"
+    python3 -m pip wheel -q --no-deps --no-cache-dir --no-build-isolation --no-binary :all: -w "$into" "$spec" 2>&1 | quiet
   fi
   has_wheel "$into" "$prefix" || { echo "FAILED: no wheel of $spec in $into" >&2; exit 1; }
 }
