@@ -7,14 +7,14 @@
 #   2. benchmarks/gpu_compiled.py --budget-s <what is left less 120 s of headroom>
 # and ends by about 545 s, inside the call's 600. Every log is tee'd into $OUT (7 files).
 #
-# Why overlap.py first: it prints its table only when both worker rounds are done, so cut short
-# it gives nothing, and it has no budget of its own; its cost is fixed (one model save, one bare
+# Why overlap.py first: it prints a row only when a worker round is done, so cut short it gives
+# little, and it has no budget of its own (only --job-timeout-s); its cost is fixed (one model save, one bare
 # model, two worker starts, 6 + 2 jobs each: ~170 s on an H100's figures in gpu-sdxl-h100-run*.log).
 # gpu_compiled.py is the elastic one: it skips any variant that would end after --budget-s and
 # writes its JSON after every variant, so it takes whatever time is left and loses at most the
-# variant in flight. Its guess for a compiled variant is the last one's cost; a cold compile after
-# a cache-warm variant costs ~100 s more than guessed (139 s cold, 40 s warm on the H100), hence
-# the 120 s of headroom. With ~330 s left it runs eager and compiled (cold), and vae-fp16 if the
+# variant in flight. Its guess for a compiled variant is the largest compiled cost so far (a cold
+# compile: 139 s on the H100, 40 s cache-warm), and 120 s of headroom stays for the variant in
+# flight. With ~330 s left it runs eager and compiled (cold), and vae-fp16 if the
 # compile is quick; the variants come in the order below, most wanted first.
 #
 # Knobs (environment): SKIP_OVERLAP=1 gives gpu_compiled.py all the time; VARIANTS=a,b,c (eager
@@ -66,7 +66,7 @@ main() {
     step "overlap.py skipped (SKIP_OVERLAP=1)"
   else
     if [ "$smoke" = 1 ]; then overlap_args=(--sdxl tiny --size 64 --steps 4 --jobs 2 --singles 1)
-    else overlap_args=(--sdxl full --jobs 6 --singles 2); fi
+    else overlap_args=(--sdxl full --jobs 6 --singles 2 --job-timeout-s 200); fi
     step "python3 benchmarks/overlap.py ${overlap_args[*]} (at most ${overlap_cap_s} s)"
     since=$(date +%s)
     # timeout signals its whole process group: the df worker and its runner child end too.

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def bare_calls(runner: Any, jobs: int, steps: int, size: int, sdxl_env: dict[str
 
 def with_worker(finishing: int, jobs: int, steps: int, delay: float, size: int, singles: int,
                 sdxl_env: dict[str, str] | None, png_level: int, runner: Any, png_encoder: str,
-                ) -> tuple[float, float, float, dict[str, float]]:
+                job_timeout_s: float) -> tuple[float, float, float, dict[str, float]]:
     """Seconds per job in steady state, the median single-job latency and the median of each
     single job's latency over a bare call made just before it (pairs, so that the machine's load
     weighs on both alike), and the mean timings."""
@@ -135,8 +136,12 @@ def with_worker(finishing: int, jobs: int, steps: int, delay: float, size: int, 
                                              "steps": steps, "seed": i})).view.id
 
         def wait(ids: list[str]) -> list:
+            deadline = time.monotonic() + job_timeout_s
             while True:
                 views = [svc.get(i) for i in ids]
+                if time.monotonic() > deadline:  # a stuck job ends the run, not the machine's time
+                    raise SystemExit(f"jobs still not done after {job_timeout_s:.0f} s: "
+                                     f"{[v.status.value for v in views]}; see {data / 'worker.log'}")
                 if all(v.status.value in ("succeeded", "failed", "canceled") for v in views):
                     bad = [v for v in views if v.status.value != "succeeded"]
                     if bad:
@@ -181,34 +186,40 @@ def main() -> None:
     parser.add_argument("--png-level", type=int, default=4, help="DF_PNG_COMPRESS_LEVEL")
     parser.add_argument("--png-encoder", default="isal", choices=("isal", "pillow"), help="DF_PNG_ENCODER")
     parser.add_argument("--sdxl", choices=("tiny", "full"), help="the SDXL runner on random weights")
+    parser.add_argument("--job-timeout-s", type=float, default=600, help="give up on jobs not done by then")
     args = parser.parse_args()
 
     sdxl_env = None
-    if args.sdxl:
-        folder, sdxl_env = save_sdxl(args.sdxl, Path(tempfile.mkdtemp(prefix="df-overlap-model-")))
-        sdxl_env["DF_GENERATE_MODEL_PATH"] = str(folder)
-        print(f"SDXL runner, {args.sdxl} random-weight model on {sdxl_env['DF_DEVICE']} (random weights: "
-              "images are noise, which PNG can't compress: the encode is at its slowest)")
-    else:
-        print(f"fake runner, {args.step_delay_s * 1000:.0f} ms stand-in GPU time a step")
-    runner = bare_runner(sdxl_env, args.step_delay_s, args.size, args.steps)
-    bare_per_call = bare_calls(runner, args.jobs, args.steps, args.size, sdxl_env)
-    print(f"{args.size}x{args.size}, {args.steps} steps, PNG {args.png_encoder} level {args.png_level}, "
-          f"{args.jobs} jobs")
-    print(f"bare model calls back to back: {bare_per_call:.3f} s/call ({1 / bare_per_call:.3f} calls/s); "
-          "each single job is paired with a bare call made just before it")
-    rows = []
-    for finishing in (0, 1):
-        rows.append((finishing, *with_worker(finishing, args.jobs, args.steps, args.step_delay_s, args.size,
-                                             args.singles, sdxl_env, args.png_level, runner, args.png_encoder)))
-    print()
-    print(f"{'DF_FINISHING_JOBS':>17}  {'s/job':>7}  {'jobs/s':>7}  {'x bare rate':>11}  "
-          f"{'single s':>8}  {'x bare call':>11}  {'generate_s':>10}  {'encode_s':>8}  {'store_s':>7}")
-    for finishing, per_job, single, single_ratio, timings in rows:
-        print(f"{finishing:>17}  {per_job:7.3f}  {1 / per_job:7.3f}  {bare_per_call / per_job:11.3f}  "
-              f"{single:8.3f}  {single_ratio:11.3f}  {timings['generate_s']:10.3f}  "
-              f"{timings['encode_s']:8.3f}  {timings['store_s']:7.3f}")
-
+    model_dir = Path(tempfile.mkdtemp(prefix="df-overlap-model-")) if args.sdxl else None
+    try:
+        if args.sdxl and model_dir:
+            folder, sdxl_env = save_sdxl(args.sdxl, model_dir)
+            sdxl_env["DF_GENERATE_MODEL_PATH"] = str(folder)
+            print(f"SDXL runner, {args.sdxl} random-weight model on {sdxl_env['DF_DEVICE']} (random weights: "
+                  "images are noise, which PNG can't compress: the encode is at its slowest)")
+        else:
+            print(f"fake runner, {args.step_delay_s * 1000:.0f} ms stand-in GPU time a step")
+        runner = bare_runner(sdxl_env, args.step_delay_s, args.size, args.steps)
+        bare_per_call = bare_calls(runner, args.jobs, args.steps, args.size, sdxl_env)
+        print(f"{args.size}x{args.size}, {args.steps} steps, PNG {args.png_encoder} level {args.png_level}, "
+              f"{args.jobs} jobs")
+        print(f"bare model calls back to back: {bare_per_call:.3f} s/call ({1 / bare_per_call:.3f} calls/s); "
+              "each single job is paired with a bare call made just before it")
+        print()
+        # A row as each round ends, so a run cut short still leaves what it measured.
+        print(f"{'DF_FINISHING_JOBS':>17}  {'s/job':>7}  {'jobs/s':>7}  {'x bare rate':>11}  "
+              f"{'single s':>8}  {'x bare call':>11}  {'generate_s':>10}  {'encode_s':>8}  {'store_s':>7}",
+              flush=True)
+        for finishing in (0, 1):
+            per_job, single, single_ratio, timings = with_worker(
+                finishing, args.jobs, args.steps, args.step_delay_s, args.size, args.singles, sdxl_env,
+                args.png_level, runner, args.png_encoder, args.job_timeout_s)
+            print(f"{finishing:>17}  {per_job:7.3f}  {1 / per_job:7.3f}  {bare_per_call / per_job:11.3f}  "
+                  f"{single:8.3f}  {single_ratio:11.3f}  {timings['generate_s']:10.3f}  "
+                  f"{timings['encode_s']:8.3f}  {timings['store_s']:7.3f}", flush=True)
+    finally:
+        if model_dir:  # the full model is about 7 GB of scratch
+            shutil.rmtree(model_dir, ignore_errors=True)
 
 if __name__ == "__main__":
     main()
