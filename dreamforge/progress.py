@@ -60,7 +60,9 @@ class ProgressReporter:
         with self._writer.cond:
             if self._latest != (current, total):
                 self._latest = (current, total)
-                self._writer.cond.notify()
+                # A wake-up costs a context switch: only when this value is due before the
+                # writer wakes anyway.
+                self._writer.wake_by(self._written + PROGRESS_EVERY_S if current < total else 0.0)
 
     def close(self, discard: bool = False) -> None:
         """No more reports: the last one is written at once (none, with ``discard``)."""
@@ -123,12 +125,21 @@ class _Writer:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self._reporters: list[ProgressReporter] = []
+        # When the waiting writer wakes up by itself (None: not before a notify; 0: it is not
+        # waiting, and looks at every reporter before it does).
+        self._wake_at: float | None = 0.0
         self._thread = threading.Thread(target=self._loop, name="df-progress", daemon=True)
         self._thread.start()
 
     def add(self, reporter: ProgressReporter) -> None:
         with self.cond:
             self._reporters.append(reporter)
+            self.wake_by(reporter._checked + CANCEL_CHECK_S)
+
+    def wake_by(self, due: float) -> None:
+        """Something is due at ``due``: wake the writer if it would sleep past that. With the lock held."""
+        if self._wake_at is None or self._wake_at > due:
+            self._wake_at = 0.0
             self.cond.notify()
 
     def _next(self) -> tuple[ProgressReporter, tuple[int, int] | Literal["check"]]:
@@ -149,7 +160,9 @@ class _Writer:
                         self._reporters.remove(reporter)
                         self._reporters.append(reporter)
                         return reporter, task
+                self._wake_at = wake
                 self.cond.wait(None if wake is None else max(0.0, wake - now))
+                self._wake_at = 0.0
 
     def _loop(self) -> None:
         while True:
