@@ -194,13 +194,82 @@ class SqliteCreate:
         self.event = DriverInsert(events, ("job_id", "at", "kind", "payload"), dialect)
 
 
+# The columns of an artifact row that a success writes (ids and time come from the statement).
+ARTIFACT_KEYS = ("item_index", "seed", "width", "height", "format", "s3_key", "size_bytes", "sha256")
+
+
+class DriverResult:
+    """A hot statement's outcome, the same from a Prepared statement and from Core: its rows (as
+    mappings where the statement returns columns) and its rowcount."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, rows: list[Any], rowcount: int):
+        self.rows, self.rowcount = rows, rowcount
+
+    @property
+    def row(self) -> Any:
+        """The first row, or None."""
+        return self.rows[0] if self.rows else None
+
+
+class Prepared:
+    """A hot Core statement compiled once for SQLite and run on the transaction's DBAPI
+    connection, as DriverInsert runs a POST's inserts: SQLAlchemy's per-execution work (the
+    statement's cache key, its parameter and result set-up, events) cost a 1-step job more than
+    SQLite's execution of its dozen statements (benchmarks/queue_overhead.py, pass 2). Values
+    go through the binds' own processors, and ``returns`` (the statement's RETURNING columns)
+    through the columns' result processors, so rows are written and read as Core does."""
+
+    def __init__(self, statement: Any, dialect: sa.engine.Dialect, *, column_keys: tuple[str, ...] | None = None,
+                 returns: tuple[sa.Column, ...] = ()):
+        compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)
+        if not compiled.positional or "POSTCOMPILE" in compiled.string:
+            raise ValueError(f"not a statement the driver can run as compiled: {compiled.string}")
+        self.sql = compiled.string
+        self._compiled = compiled
+        self._order = list(compiled.positiontup or ())
+        self._process = [compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                         for name in self._order]
+        self._returns = [(c.key, c.type.dialect_impl(dialect).result_processor(dialect, None)) for c in returns]
+        self._rows = bool(returns) or isinstance(statement, sa.Select)
+        self._dbapi_error = dialect.loaded_dbapi.Error
+
+    def _row(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        values = self._compiled.construct_params(params)
+        return tuple(values[name] if process is None else process(values[name])
+                     for name, process in zip(self._order, self._process, strict=True))
+
+    def __call__(self, conn: Connection, params: dict[str, Any] | list[dict[str, Any]]) -> DriverResult:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        row: Any = None
+        try:
+            if isinstance(params, list):
+                row = [self._row(p) for p in params]
+                cursor.executemany(self.sql, row)
+            else:
+                row = self._row(params)
+                cursor.execute(self.sql, row)
+            rows = cursor.fetchall() if self._rows else []  # SQLite counts RETURNING rows once read
+            rowcount = cursor.rowcount
+        except self._dbapi_error as exc:
+            raise sa.exc.DBAPIError.instance(self.sql, row, exc, self._dbapi_error) from exc
+        finally:
+            cursor.close()
+        if self._returns:
+            rows = [{key: value if process is None else process(value)
+                     for (key, process), value in zip(self._returns, r, strict=True)} for r in rows]
+        return DriverResult(rows, rowcount)
+
+
 class HotStatements:
     """The statements every job runs through the general path (on SQLite, every job; on
     PostgreSQL, a job whose webhook takes the general path), built once per store: building a
     Core statement and its cache key cost more than SQLite's execution of it. Values come as
     parameters named ``b_*``; ``now`` is the store's clock (a parameter on SQLite)."""
 
-    def __init__(self, postgres: bool):
+    def __init__(self, dialect: sa.engine.Dialect):
+        postgres = dialect.name == "postgresql"
         now: Any = sa.func.now() if postgres else sa.bindparam("now", type_=sa.DateTime(timezone=True))
         held = sa.and_(jobs.c.id == sa.bindparam("b_job"), jobs.c.status == RUNNING.value,
                        jobs.c.worker_id == sa.bindparam("b_worker"), jobs.c.attempts == sa.bindparam("b_attempt"))
@@ -236,11 +305,23 @@ class HotStatements:
         ).returning(*moved)
         self.succeed_step = steps.update().where(this_step).values(
             status=SUCCEEDED.value, finished_at=now, progress_current=steps.c.progress_total)
-        self.settle = uploads.delete().where(uploads.c.s3_key.in_(sa.bindparam("b_keys", expanding=True)),
+        # One row per key (executemany), as a driver can run it.
+        self.settle = uploads.delete().where(uploads.c.s3_key == sa.bindparam("b_key"),
                                              uploads.c.job_id == sa.bindparam("b_job"))
         self.artifact = artifacts.insert().values(
             job_id=sa.bindparam("b_job"), created_at=now,
             step_id=sa.select(steps.c.id).where(this_step).scalar_subquery())
+        if postgres:
+            return
+        # SQLite: every one of them prepared for the driver (see Prepared).
+        for name, keys, returns in (
+                ("heartbeat", None, ()), ("heartbeat_params", None, (jobs.c.params,)), ("holds", None, ()),
+                ("progress_step", None, ()), ("event", ("job_id", "kind", "payload"), ()),
+                ("event_id", ("job_id", "kind", "payload"), (events.c.id,)), ("key_taken", None, ()),
+                ("upload", ("job_id", "attempt", "s3_key"), ()), ("claim", None, moved), ("claim_step", None, ()),
+                ("succeed", None, moved), ("succeed_step", None, ()), ("settle", None, ()),
+                ("artifact", ARTIFACT_KEYS, ())):
+            setattr(self, name, Prepared(getattr(self, name), dialect, column_keys=keys, returns=returns))
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -336,7 +417,7 @@ class JobStore:
         # statements there, and they cost no round trip).
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT") \
             if self._postgres else self.engine
-        self._hot = HotStatements(self._postgres)
+        self._hot = HotStatements(self.engine.dialect)
         self._sqlite_create = None if self._postgres else SqliteCreate(self.engine.dialect)
         # SQLite takes one writer at a time. Threads of one process queue on this lock instead of
         # on SQLite's busy handler, whose sleeps grow to 100 ms and wreck tail latency.
@@ -431,10 +512,18 @@ class JobStore:
         in the same transaction (see webhooks/outbox.py)."""
         values = self._clock({"job_id": job_id, "kind": kind, "payload": payload})
         if self.outbox is None or params is None:
-            conn.execute(self._hot.event, values)
+            self._run(conn, self._hot.event, values)
             return
-        event_id = conn.execute(self._hot.event_id, values).scalar_one()
+        event_id = self._run(conn, self._hot.event_id, values).row["id"]
         self.outbox.record(conn, self._now(), job_id, event_id, kind, payload, params)
+
+    @staticmethod
+    def _run(conn: Connection, statement: Any, params: dict[str, Any] | list[dict[str, Any]]) -> DriverResult:
+        """Run a hot statement: prepared for the driver on SQLite, through Core on PostgreSQL."""
+        if isinstance(statement, Prepared):
+            return statement(conn, params)
+        result = conn.execute(statement, params)
+        return DriverResult([dict(r) for r in result.mappings()] if result.returns_rows else [], result.rowcount)
 
     def _clock(self, params: dict[str, Any]) -> dict[str, Any]:
         """A hot statement's parameters, with the time on SQLite (PostgreSQL reads its own)."""
@@ -621,25 +710,24 @@ class JobStore:
         hot = self._hot
         with self.write() as conn:
             if move.target is RUNNING:
-                row = conn.execute(hot.claim, self._clock({"b_job": move.job_id, "b_worker": move.claimant,
-                                                           "b_seed": move.seed})).mappings().one_or_none()
+                row = self._run(conn, hot.claim, self._clock({"b_job": move.job_id, "b_worker": move.claimant,
+                                                              "b_seed": move.seed})).row
                 if row is None:
                     return None
-                conn.execute(hot.claim_step, self._clock({"b_job": move.job_id,
-                                                          "b_step_seed": row["params"].get("seed")}))
+                self._run(conn, hot.claim_step, self._clock({"b_job": move.job_id,
+                                                             "b_step_seed": row["params"].get("seed")}))
                 payload: dict[str, Any] = {"status": RUNNING.value, "worker_id": move.claimant,
                                            "attempt": row["attempts"]}
             else:
                 assert move.fence is not None  # Move requires it out of running
-                row = conn.execute(hot.succeed, self._clock(self._held(move.fence, b_record=move.record))
-                                   ).mappings().one_or_none()
+                row = self._run(conn, hot.succeed, self._clock(self._held(move.fence, b_record=move.record))).row
                 if row is None:
                     return None
-                conn.execute(hot.succeed_step, self._clock({"b_job": move.job_id}))
+                self._run(conn, hot.succeed_step, self._clock({"b_job": move.job_id}))
                 if move.settles_uploads:
-                    conn.execute(hot.settle, {"b_job": move.job_id, "b_keys": list(move.settles_uploads)})
+                    self._run(conn, hot.settle, [{"b_job": move.job_id, "b_key": key} for key in move.settles_uploads])
                 if move.artifacts:
-                    conn.execute(hot.artifact, [self._clock({**a, "b_job": move.job_id}) for a in move.artifacts])
+                    self._run(conn, hot.artifact, [self._clock({**a, "b_job": move.job_id}) for a in move.artifacts])
                 payload = {"status": SUCCEEDED.value}
             self._event(conn, move.job_id, "status", {**payload, **move.note}, row["params"])
         return dict(row)
@@ -699,11 +787,11 @@ class JobStore:
                 # A progress row is worth no fsync: losing the last few on a crash is harmless,
                 # and a 30-step job would otherwise wait on 30 WAL flushes.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            held = conn.execute(self._hot.heartbeat_params, self._clock(self._held(fence))).first()
+            held = self._run(conn, self._hot.heartbeat_params, self._clock(self._held(fence))).row
             if held is None:
                 return False
-            conn.execute(self._hot.progress_step, {"b_job": fence.job_id, "b_current": current, "b_total": total})
-            self._event(conn, fence.job_id, "progress", {"current": current, "total": total}, held.params)
+            self._run(conn, self._hot.progress_step, {"b_job": fence.job_id, "b_current": current, "b_total": total})
+            self._event(conn, fence.job_id, "progress", {"current": current, "total": total}, held["params"])
         return True
 
     def begin_upload(self, fence: Fence, key: str) -> bool | None:
@@ -714,11 +802,11 @@ class JobStore:
                                                       "attempt": fence.attempt, "key": key})[0]
             return bool(found["held"]) and (True if found["added"] else None)
         with self.write() as conn:
-            if not conn.execute(self._hot.heartbeat, self._clock(self._held(fence))).rowcount:
+            if not self._run(conn, self._hot.heartbeat, self._clock(self._held(fence))).rowcount:
                 return False
-            if conn.execute(self._hot.key_taken, {"b_key": key}).first():
+            if self._run(conn, self._hot.key_taken, {"b_key": key}).rows:
                 return None
-            conn.execute(self._hot.upload, self._clock({"job_id": fence.job_id, "attempt": fence.attempt,
+            self._run(conn, self._hot.upload, self._clock({"job_id": fence.job_id, "attempt": fence.attempt,
                                                         "s3_key": key}))
         return True
 
@@ -841,7 +929,7 @@ class JobStore:
     def holds(self, fence: Fence) -> bool:
         """Whether the holder still holds the job (a cancel or a reclaim takes it away)."""
         with self.read() as conn:
-            return conn.execute(self._hot.holds, self._held(fence)).first() is not None
+            return bool(self._run(conn, self._hot.holds, self._held(fence)).rows)
 
     def _assemble(self, conn: Connection, rows: Any) -> list[dict[str, Any]]:
         """Jobs with their steps and artifacts: two queries, then grouped by job id (linear)."""
