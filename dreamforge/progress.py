@@ -128,6 +128,7 @@ class _Writer:
         # When the waiting writer wakes up by itself (None: not before a notify; 0: it is not
         # waiting, and looks at every reporter before it does).
         self._wake_at: float | None = 0.0
+        self._last_stop = 0.0  # when the last reporter let go
         self._thread = threading.Thread(target=self._loop, name="df-progress", daemon=True)
         self._thread.start()
 
@@ -153,6 +154,7 @@ class _Writer:
                     if task == "stop":
                         self._reporters.remove(reporter)
                         reporter._done.set()
+                        self._last_stop = now
                     elif isinstance(task, float):
                         wake = task if wake is None else min(wake, task)
                     else:
@@ -160,6 +162,11 @@ class _Writer:
                         self._reporters.remove(reporter)
                         self._reporters.append(reporter)
                         return reporter, task
+                if wake is None and now - self._last_stop < CANCEL_CHECK_S:
+                    # Jobs back to back: the next one's reporter comes within moments, and its
+                    # first check is due CANCEL_CHECK_S after that; a writer that wakes by then
+                    # anyway needs no notify (a context switch) for it.
+                    wake = self._last_stop + CANCEL_CHECK_S
                 self._wake_at = wake
                 self.cond.wait(None if wake is None else max(0.0, wake - now))
                 self._wake_at = 0.0
