@@ -36,18 +36,27 @@ def service() -> JobService:
 
 @contextmanager
 def statements(svc: JobService) -> Iterator[list[str]]:
-    """Every statement the job store's engine sends while the block runs (BEGIN and COMMIT of
-    the driver included on SQLite, where the store issues them itself)."""
+    """Every statement the job store sends while the block runs: those through the engine (BEGIN
+    and COMMIT of the driver included on SQLite, where the store issues them itself), and
+    PostgreSQL's one-statement moves, which go to the driver directly (JobStore._statement)."""
     sent: list[str] = []
+    store = svc.job_store
+    one_statement = store._statement
 
     def record(_conn, _cursor, statement, *_args) -> None:
         sent.append(statement)
 
-    sa.event.listen(svc.job_store.engine, "before_cursor_execute", record)
+    def record_one(statement, params):
+        sent.append(str(statement))
+        return one_statement(statement, params)
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    store._statement = record_one  # type: ignore[method-assign]
     try:
         yield sent
     finally:
-        sa.event.remove(svc.job_store.engine, "before_cursor_execute", record)
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+        del store._statement
 
 
 def test_a_seedless_job_gets_its_seed_with_the_claim_and_its_image_carries_it(df_env):
