@@ -161,7 +161,8 @@ class DriverInsert:
     """An INSERT of fixed columns in the driver's own SQL, run on the transaction's DBAPI
     connection (SQLite's, where a POST makes three of them). SQLAlchemy's execution path (its
     parameter processing, result set-up and events) costs more than SQLite's execution of such an
-    insert: ``JobStore.create`` took 0.5 ms against 0.3 ms this way (benchmarks/api_post.py, pass 2).
+    insert: ``JobStore.create`` took 0.50-0.77 ms of CPU against 0.31-0.41 ms this way (timed in
+    process on the 2-core test machine, issue 18's second pass).
     Each value goes through its column's own bind processor, so the row is stored exactly as a
     Core insert stores it, and a driver error is raised as the SQLAlchemy error Core would raise."""
 
@@ -217,7 +218,8 @@ class Prepared:
     """A hot Core statement compiled once for SQLite and run on the transaction's DBAPI
     connection, as DriverInsert runs a POST's inserts: SQLAlchemy's per-execution work (the
     statement's cache key, its parameter and result set-up, events) cost a 1-step job more than
-    SQLite's execution of its dozen statements (benchmarks/queue_overhead.py, pass 2). Values
+    SQLite's execution of its dozen statements (a sampling profile of `df worker` under
+    benchmarks/queue_overhead.py's load: about a quarter of its Python time). Values
     go through the binds' own processors, and ``returns`` (the statement's RETURNING columns)
     through the columns' result processors, so rows are written and read as Core does."""
 
@@ -481,8 +483,8 @@ class JobStore:
 
         It runs on the pooled DBAPI connection, in autocommit for the statement: a SQLAlchemy
         Connection in AUTOCOMMIT (setting and resetting the isolation level, its events, its
-        result set-up) cost 0.24 ms of CPU per statement against 0.14 ms for the whole of a raw
-        one (benchmarks/queue_overhead.py, pass 2), and a job makes four of them. The statements
+        result set-up) cost 0.38 ms of CPU for a SELECT 1 against 0.14 ms on the raw connection
+        (timed in process, issue 18's second pass), and a job makes four such statements. The statements
         are text with untyped parameters, so Core would pass values and rows through unchanged
         too. A driver error is raised as SQLAlchemy's; a lost connection is invalidated with the
         rest of the pool, as Core does, so the next checkout connects anew."""
