@@ -9,7 +9,8 @@ also run behind a loopback proxy that counts round trips (scratch.RoundTripProxy
 bursts of client bytes after the server last spoke), printed per POST, and how many connections
 each server opened per POST (connections beyond the pool's size are opened and closed per
 checkout), in a pass of their own (--trip-requests) after the timed ones, so the proxy's latency
-weighs on no rate.
+weighs on no rate. Each server's CPU per POST (user + system, from /proc) is printed beside its
+rate: on a shared machine it moves far less with other load than the rate does.
 
     python benchmarks/api_post.py [--requests 2000] [--concurrency 8] [--trip-requests 300]
         [--backends sqlite,postgres_redis]
@@ -33,7 +34,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scratch import RoundTripProxy, backend_env, percentile
+from scratch import RoundTripProxy, backend_env, cpu_seconds, percentile
 
 HERE = Path(__file__).resolve().parent
 
@@ -89,8 +90,10 @@ def drive(command: list[str], env: dict[str, str], log_path: Path, total: int, c
                 raise RuntimeError(f"{command} exited: see {log_path}")
         asyncio.run(load(url, WARM_UP, concurrency))
         trips, conns = (proxy.round_trips, proxy.connections) if proxy else (0, 0)
+        cpu = cpu_seconds(server.pid)
         latencies, statuses, ids, elapsed = asyncio.run(load(url, total, concurrency))
-        result = {"rps": total / elapsed, "p50": statistics.median(latencies), "p99": percentile(latencies, 99),
+        result = {"rps": total / elapsed, "cpu_ms": (cpu_seconds(server.pid) - cpu) / total * 1000,
+                  "p50": statistics.median(latencies), "p99": percentile(latencies, 99),
                   "errors": sum(1 for s in statuses if s != 202), "ids": ids}
         if proxy:
             result.update(trips=(proxy.round_trips - trips) / total, connects=proxy.connections - conns)
@@ -147,15 +150,17 @@ def main() -> None:
     print(f"POST /v1/jobs, {args.requests} requests at concurrency {args.concurrency}; df = df serve --no-worker, "
           "bare = bare.py post-app (one INSERT + one Huey enqueue); PG round trips counted by a proxy")
     print(f"{'backend':<16}{'server':<7}{'POST/s':>9}{'p50':>10}{'p99':>10}{'errors':>8}{'PG trips':>10}"
-          f"{'connects':>10}{'df/bare':>9}  every 202 queued once   (trips and connects: per POST)")
+          f"{'connects':>10}{'CPU/POST':>10}{'df/bare':>9}{'CPU bare/df':>12}  every 202 queued once   "
+          "(trips, connects, server CPU: per POST)")
     for name, r in results:
         df, bare = r["df"], r["bare"]
         once = df["accepted"] == df["rows"] == df["queue_entries"] == df["distinct_queued"] and df["all_ids_queued"]
         for label, x in (("df", df), ("bare", bare)):
             trips = f"{x['trips']:>10.2f}{x['connects']:>10.3f}" if "trips" in x else f"{'-':>10}{'-':>10}"
-            tail = f"{df['rps'] / bare['rps']:>9.3f}  {'yes' if once else 'NO'}" if label == "df" else ""
+            tail = (f"{df['rps'] / bare['rps']:>9.3f}{bare['cpu_ms'] / df['cpu_ms']:>12.3f}  {'yes' if once else 'NO'}"
+                    if label == "df" else "")
             print(f"{name:<16}{label:<7}{x['rps']:>9.1f}{x['p50']:>7.1f} ms{x['p99']:>7.1f} ms{x['errors']:>8}"
-                  f"{trips}{tail}")
+                  f"{trips}{x['cpu_ms']:>7.2f} ms{tail}")
 
 
 if __name__ == "__main__":

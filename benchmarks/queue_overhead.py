@@ -10,6 +10,8 @@ For each backend pair (fake runner, 64x64, one `df worker` process, no step dela
   server last spoke, so a pre-ping, a BEGIN, a statement and a COMMIT each count as one unless
   they travel together. Everything that worker sends while it runs --trip-jobs jobs counts (its
   heartbeat and reaper chores included), divided by those jobs; Redis traffic is not counted;
+- the worker process's CPU per job (user + system, from /proc) at 1 and 10 steps: on a shared
+  machine it moves far less with other load than the rates do;
 - bare Huey: the same queue backend and consumer settings running a no-op task (bare.py), tasks/s
   from the first enqueue to the last task run; each jobs/s figure is also printed as a ratio of it.
 
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scratch import PG, REDIS, RoundTripProxy, backend_env, percentile  # noqa: F401 (re-exported)
+from scratch import PG, REDIS, RoundTripProxy, backend_env, cpu_seconds, percentile  # noqa: F401 (re-exported)
 
 HERE = Path(__file__).resolve().parent
 
@@ -74,7 +76,9 @@ def bare_huey_rate(env: dict[str, str], tmp: Path, tasks: int) -> float:
         log.close()
 
 
-def jobs_rate(service: Any, request: Any, jobs: int) -> float:
+def jobs_rate(service: Any, request: Any, jobs: int, worker_pid: int | None = None) -> float | tuple[float, float]:
+    """Jobs/s; with ``worker_pid``, also that worker's CPU per job in ms."""
+    cpu = cpu_seconds(worker_pid) if worker_pid else 0.0
     start = time.perf_counter()
     before = service.job_store.counts()["succeeded"]
     for _ in range(jobs):
@@ -82,7 +86,8 @@ def jobs_rate(service: Any, request: Any, jobs: int) -> float:
     while (counts := service.job_store.counts())["succeeded"] < before + jobs:
         assert counts["failed"] == 0, counts
         time.sleep(0.01)
-    return jobs / (time.perf_counter() - start)
+    rate = jobs / (time.perf_counter() - start)
+    return (rate, (cpu_seconds(worker_pid) - cpu) / jobs * 1000) if worker_pid else rate
 
 
 class Worker:
@@ -122,7 +127,7 @@ def run_backend(name: str, latency_jobs: int, jobs: int, trip_jobs: int) -> dict
         one = parse_request({"prompt": "benchmark", "width": 64, "height": 64, "steps": 1, "seed": 1})
         ten = parse_request({"prompt": "benchmark", "width": 64, "height": 64, "steps": 10, "seed": 1})
         result: dict[str, Any] = {}
-        with Worker(service, {**os.environ, **env}, tmp / "worker.log"):
+        with Worker(service, {**os.environ, **env}, tmp / "worker.log") as worker:
             latencies = []
             for _ in range(latency_jobs):
                 time.sleep(random.uniform(0.02, 0.1))
@@ -133,7 +138,7 @@ def run_backend(name: str, latency_jobs: int, jobs: int, trip_jobs: int) -> dict
                 latencies.append((view.started_at - view.created_at).total_seconds() * 1000)
             result.update(p50=statistics.median(latencies), p99=percentile(latencies, 99))
             for steps, request in ((1, one), (10, ten)):
-                result[f"rate{steps}"] = jobs_rate(service, request, jobs)
+                result[f"rate{steps}"], result[f"cpu{steps}"] = jobs_rate(service, request, jobs, worker.process.pid)
             events = service.events(service.list_jobs(limit=1)[0].id)
             result["progress_writes10"] = sum(1 for e in events if e["kind"] == "progress")
         if "DF_DATABASE_URL" in env:
@@ -165,12 +170,13 @@ def main() -> None:
     print(f"fake runner, 64x64, one worker; {args.latency_jobs} idle-latency jobs, {args.jobs} jobs per "
           "rate; round trips: worker→PostgreSQL bursts per job (proxy)")
     print(f"{'backend':<16}{'latency p50':>12}{'p99':>9}{'jobs/s 1 step':>15}{'10 steps':>10}{'10/1':>7}"
-          f"{'bare Huey/s':>13}{'1 step/bare':>13}{'trips 1':>9}{'trips 10':>10}{'progress rows 10':>18}")
+          f"{'bare Huey/s':>13}{'1 step/bare':>13}{'trips 1':>9}{'trips 10':>10}{'progress rows 10':>18}"
+          f"{'CPU/job 1':>11}{'CPU/job 10':>12}")
     for name, r in rows:
         trips = f"{r['trips1']:>9.1f}{r['trips10']:>10.1f}" if "trips1" in r else f"{'-':>9}{'-':>10}"
         print(f"{name:<16}{r['p50']:>9.1f} ms{r['p99']:>6.1f} ms{r['rate1']:>15.1f}{r['rate10']:>10.1f}"
               f"{r['rate10'] / r['rate1']:>7.2f}{r['bare']:>13.1f}{r['rate1'] / r['bare']:>13.3f}{trips}"
-              f"{r['progress_writes10']:>18}")
+              f"{r['progress_writes10']:>18}{r['cpu1']:>8.2f} ms{r['cpu10']:>9.2f} ms")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,13 @@ PG = os.environ.get("DF_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0
 REDIS = os.environ.get("DF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU a process has used (Linux /proc). On a shared, busy machine a rate
+    moves with everyone else's load; the CPU a server spends per request moves far less."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]

@@ -153,9 +153,115 @@ added AS (
   INSERT INTO uploads (job_id, attempt, s3_key, created_at)
   SELECT held.id, :attempt, :key, now() FROM held, taken WHERE NOT taken.taken RETURNING id)
 SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM added) AS added""")
-# SQLite: the POST's inserts, built once (a statement built per call costs more than the insert
-# itself); the values come as parameters.
-INSERT_JOB, INSERT_STEP = jobs.insert(), steps.insert()
+# PostgreSQL's general create (a POST with an Idempotency-Key): the step's insert, built once.
+INSERT_STEP = steps.insert()
+
+
+class DriverInsert:
+    """An INSERT of fixed columns in the driver's own SQL, run on the transaction's DBAPI
+    connection (SQLite's, where a POST makes three of them). SQLAlchemy's execution path (its
+    parameter processing, result set-up and events) costs more than SQLite's execution of such an
+    insert: ``JobStore.create`` took 0.50-0.77 ms of CPU against 0.31-0.41 ms this way (timed in
+    process on the 2-core test machine, issue 18's second pass).
+    Each value goes through its column's own bind processor, so the row is stored exactly as a
+    Core insert stores it, and a driver error is raised as the SQLAlchemy error Core would raise."""
+
+    def __init__(self, table: sa.Table, columns: tuple[str, ...], dialect: sa.engine.Dialect):
+        quote = dialect.identifier_preparer.quote
+        self.columns = columns
+        names = ", ".join(quote(c) for c in columns)  # our own table's names; values are parameters
+        self.sql = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
+        self._process = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
+        self._dbapi_error = dialect.loaded_dbapi.Error
+
+    def __call__(self, conn: Connection, values: dict[str, Any]) -> None:
+        row = tuple(values.get(c) if process is None else process(values.get(c))
+                    for c, process in zip(self.columns, self._process, strict=True))
+        try:
+            conn.connection.driver_connection.execute(self.sql, row)  # type: ignore[union-attr]
+        except self._dbapi_error as exc:
+            raise sa.exc.DBAPIError.instance(self.sql, row, exc, self._dbapi_error) from exc
+
+
+class SqliteCreate:
+    """A POST's three rows on SQLite (the job, its step, its first event), as driver inserts."""
+
+    def __init__(self, dialect: sa.engine.Dialect):
+        self.job = DriverInsert(jobs, ("id", "type", "status", "params", "idempotency_key_hash",
+                                       "idempotency_expires_at", "request_hash", "retry_of", "rerun_of",
+                                       "correlation_id", "attempts", "created_at", "updated_at"), dialect)
+        self.step = DriverInsert(steps, ("job_id", "name", "status", "progress_current", "progress_total",
+                                         "seed"), dialect)
+        self.event = DriverInsert(events, ("job_id", "at", "kind", "payload"), dialect)
+
+
+# The columns of an artifact row that a success writes (ids and time come from the statement).
+ARTIFACT_KEYS = ("item_index", "seed", "width", "height", "format", "s3_key", "size_bytes", "sha256")
+
+
+class DriverResult:
+    """A hot statement's outcome, the same from a Prepared statement and from Core: its rows (as
+    mappings where the statement returns columns) and its rowcount."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, rows: list[Any], rowcount: int):
+        self.rows, self.rowcount = rows, rowcount
+
+    @property
+    def row(self) -> Any:
+        """The first row, or None."""
+        return self.rows[0] if self.rows else None
+
+
+class Prepared:
+    """A hot Core statement compiled once for SQLite and run on the transaction's DBAPI
+    connection, as DriverInsert runs a POST's inserts: SQLAlchemy's per-execution work (the
+    statement's cache key, its parameter and result set-up, events) cost a 1-step job more than
+    SQLite's execution of its dozen statements (a sampling profile of `df worker` under
+    benchmarks/queue_overhead.py's load: about a quarter of its Python time). Values
+    go through the binds' own processors, and ``returns`` (the statement's RETURNING columns)
+    through the columns' result processors, so rows are written and read as Core does."""
+
+    def __init__(self, statement: Any, dialect: sa.engine.Dialect, *, column_keys: tuple[str, ...] | None = None,
+                 returns: tuple[sa.Column, ...] = ()):
+        compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)
+        if not compiled.positional or "POSTCOMPILE" in compiled.string:
+            raise ValueError(f"not a statement the driver can run as compiled: {compiled.string}")
+        self.sql = compiled.string
+        self._compiled = compiled
+        self._order = list(compiled.positiontup or ())
+        self._process = [compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                         for name in self._order]
+        self._returns = [(c.key, c.type.dialect_impl(dialect).result_processor(dialect, None)) for c in returns]
+        self._rows = bool(returns) or isinstance(statement, sa.Select)
+        self._dbapi_error = dialect.loaded_dbapi.Error
+
+    def _row(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        values = self._compiled.construct_params(params)
+        return tuple(values[name] if process is None else process(values[name])
+                     for name, process in zip(self._order, self._process, strict=True))
+
+    def __call__(self, conn: Connection, params: dict[str, Any] | list[dict[str, Any]]) -> DriverResult:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        row: Any = None
+        try:
+            if isinstance(params, list):
+                row = [self._row(p) for p in params]
+                cursor.executemany(self.sql, row)
+            else:
+                row = self._row(params)
+                cursor.execute(self.sql, row)
+            rows = cursor.fetchall() if self._rows else []  # SQLite counts RETURNING rows once read
+            rowcount = cursor.rowcount
+        except self._dbapi_error as exc:
+            raise sa.exc.DBAPIError.instance(self.sql, row, exc, self._dbapi_error) from exc
+        finally:
+            cursor.close()
+        if self._returns:
+            rows = [{key: value if process is None else process(value)
+                     for (key, process), value in zip(self._returns, r, strict=True)} for r in rows]
+        return DriverResult(rows, rowcount)
 
 
 class HotStatements:
@@ -164,7 +270,8 @@ class HotStatements:
     Core statement and its cache key cost more than SQLite's execution of it. Values come as
     parameters named ``b_*``; ``now`` is the store's clock (a parameter on SQLite)."""
 
-    def __init__(self, postgres: bool):
+    def __init__(self, dialect: sa.engine.Dialect):
+        postgres = dialect.name == "postgresql"
         now: Any = sa.func.now() if postgres else sa.bindparam("now", type_=sa.DateTime(timezone=True))
         held = sa.and_(jobs.c.id == sa.bindparam("b_job"), jobs.c.status == RUNNING.value,
                        jobs.c.worker_id == sa.bindparam("b_worker"), jobs.c.attempts == sa.bindparam("b_attempt"))
@@ -200,11 +307,23 @@ class HotStatements:
         ).returning(*moved)
         self.succeed_step = steps.update().where(this_step).values(
             status=SUCCEEDED.value, finished_at=now, progress_current=steps.c.progress_total)
-        self.settle = uploads.delete().where(uploads.c.s3_key.in_(sa.bindparam("b_keys", expanding=True)),
+        # One row per key (executemany), as a driver can run it.
+        self.settle = uploads.delete().where(uploads.c.s3_key == sa.bindparam("b_key"),
                                              uploads.c.job_id == sa.bindparam("b_job"))
         self.artifact = artifacts.insert().values(
             job_id=sa.bindparam("b_job"), created_at=now,
             step_id=sa.select(steps.c.id).where(this_step).scalar_subquery())
+        if postgres:
+            return
+        # SQLite: every one of them prepared for the driver (see Prepared).
+        for name, keys, returns in (
+                ("heartbeat", None, ()), ("heartbeat_params", None, (jobs.c.params,)), ("holds", None, ()),
+                ("progress_step", None, ()), ("event", ("job_id", "kind", "payload"), ()),
+                ("event_id", ("job_id", "kind", "payload"), (events.c.id,)), ("key_taken", None, ()),
+                ("upload", ("job_id", "attempt", "s3_key"), ()), ("claim", None, moved), ("claim_step", None, ()),
+                ("succeed", None, moved), ("succeed_step", None, ()), ("settle", None, ()),
+                ("artifact", ARTIFACT_KEYS, ())):
+            setattr(self, name, Prepared(getattr(self, name), dialect, column_keys=keys, returns=returns))
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -300,7 +419,9 @@ class JobStore:
         # statements there, and they cost no round trip).
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT") \
             if self._postgres else self.engine
-        self._hot = HotStatements(self._postgres)
+        self._hot = HotStatements(self.engine.dialect)
+        self._driver_sql: dict[int, str] = {}  # PostgreSQL's one-statement moves, compiled for the driver
+        self._sqlite_create = None if self._postgres else SqliteCreate(self.engine.dialect)
         # SQLite takes one writer at a time. Threads of one process queue on this lock instead of
         # on SQLite's busy handler, whose sleeps grow to 100 ms and wreck tail latency.
         self._write_lock: Any = threading.Lock() if not self._postgres else contextlib.nullcontext()
@@ -357,10 +478,45 @@ class JobStore:
         with self._guard(), self._autocommit.begin() as conn:
             yield conn
 
-    def _statement(self, statement: Any, params: dict[str, Any]) -> Any:
-        """One self-contained statement on PostgreSQL (see PG_CREATE): its rows, all fetched."""
-        with self._guard(), self._autocommit.connect() as conn:
-            return conn.execute(statement, params).mappings().all()
+    def _statement(self, statement: sa.TextClause, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """One self-contained statement on PostgreSQL (see PG_CREATE): its rows, all fetched.
+
+        It runs on the pooled DBAPI connection, in autocommit for the statement: a SQLAlchemy
+        Connection in AUTOCOMMIT (setting and resetting the isolation level, its events, its
+        result set-up) cost 0.38 ms of CPU for a SELECT 1 against 0.14 ms on the raw connection
+        (timed in process, issue 18's second pass), and a job makes four such statements. The statements
+        are text with untyped parameters, so Core would pass values and rows through unchanged
+        too. A driver error is raised as SQLAlchemy's; a lost connection is invalidated with the
+        rest of the pool, as Core does, so the next checkout connects anew."""
+        sql = self._driver_sql.get(id(statement))
+        if sql is None:
+            sql = self._driver_sql[id(statement)] = str(statement.compile(dialect=self.engine.dialect))
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        with self._guard():
+            try:
+                raw = self.engine.raw_connection()
+            except dbapi_error as exc:  # Core wraps a failed connect too; the pool alone does not
+                raise sa.exc.DBAPIError.instance(sql, params, exc, dbapi_error) from exc
+            driver: Any = raw.driver_connection
+            try:
+                driver.autocommit = True
+                try:
+                    with driver.cursor() as cursor:
+                        cursor.execute(sql, params)
+                        names = [column.name for column in cursor.description or ()]
+                        rows = cursor.fetchall() if names else []
+                finally:
+                    driver.autocommit = False
+            except dbapi_error as exc:
+                lost = self.engine.dialect.is_disconnect(exc, driver, None)
+                if lost:
+                    raw.invalidate(exc)
+                    self.engine.dispose(close=False)  # the other pooled connections went with the server
+                raise sa.exc.DBAPIError.instance(sql, params, exc, dbapi_error,
+                                                 connection_invalidated=lost) from exc
+            finally:
+                raw.close()
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def _announced(self, kind: str, payload: dict[str, Any]) -> bool:
         """Whether the server's own webhooks announce such an event (then the general path,
@@ -394,10 +550,18 @@ class JobStore:
         in the same transaction (see webhooks/outbox.py)."""
         values = self._clock({"job_id": job_id, "kind": kind, "payload": payload})
         if self.outbox is None or params is None:
-            conn.execute(self._hot.event, values)
+            self._run(conn, self._hot.event, values)
             return
-        event_id = conn.execute(self._hot.event_id, values).scalar_one()
+        event_id = self._run(conn, self._hot.event_id, values).row["id"]
         self.outbox.record(conn, self._now(), job_id, event_id, kind, payload, params)
+
+    @staticmethod
+    def _run(conn: Connection, statement: Any, params: dict[str, Any] | list[dict[str, Any]]) -> DriverResult:
+        """Run a hot statement: prepared for the driver on SQLite, through Core on PostgreSQL."""
+        if isinstance(statement, Prepared):
+            return statement(conn, params)
+        result = conn.execute(statement, params)
+        return DriverResult([dict(r) for r in result.mappings()] if result.returns_rows else [], result.rowcount)
 
     def _clock(self, params: dict[str, Any]) -> dict[str, Any]:
         """A hot statement's parameters, with the time on SQLite (PostgreSQL reads its own)."""
@@ -461,12 +625,17 @@ class JobStore:
                         created_at = conn.execute(jobs.insert().values(**job, created_at=now, updated_at=now,
                                                                        idempotency_expires_at=expires)
                                                   .returning(jobs.c.created_at)).scalar_one()
+                        conn.execute(INSERT_STEP, step)
+                        self._event(conn, job_id, "status", first_event)
                     else:
-                        conn.execute(INSERT_JOB, {**job, "created_at": now, "updated_at": now,
-                                                  "idempotency_expires_at": expires})
+                        # No webhook announces a queued job: no outbox row, so three plain inserts.
+                        create = self._sqlite_create
+                        assert create is not None
+                        create.job(conn, {**job, "created_at": now, "updated_at": now,
+                                          "idempotency_expires_at": expires})
+                        create.step(conn, step)
+                        create.event(conn, {"job_id": job_id, "at": now, "kind": "status", "payload": first_event})
                         created_at = now
-                    conn.execute(INSERT_STEP, step)
-                    self._event(conn, job_id, "status", first_event)
         except sa.exc.IntegrityError:
             if idempotency_key_hash is None:
                 raise
@@ -579,25 +748,24 @@ class JobStore:
         hot = self._hot
         with self.write() as conn:
             if move.target is RUNNING:
-                row = conn.execute(hot.claim, self._clock({"b_job": move.job_id, "b_worker": move.claimant,
-                                                           "b_seed": move.seed})).mappings().one_or_none()
+                row = self._run(conn, hot.claim, self._clock({"b_job": move.job_id, "b_worker": move.claimant,
+                                                              "b_seed": move.seed})).row
                 if row is None:
                     return None
-                conn.execute(hot.claim_step, self._clock({"b_job": move.job_id,
-                                                          "b_step_seed": row["params"].get("seed")}))
+                self._run(conn, hot.claim_step, self._clock({"b_job": move.job_id,
+                                                             "b_step_seed": row["params"].get("seed")}))
                 payload: dict[str, Any] = {"status": RUNNING.value, "worker_id": move.claimant,
                                            "attempt": row["attempts"]}
             else:
                 assert move.fence is not None  # Move requires it out of running
-                row = conn.execute(hot.succeed, self._clock(self._held(move.fence, b_record=move.record))
-                                   ).mappings().one_or_none()
+                row = self._run(conn, hot.succeed, self._clock(self._held(move.fence, b_record=move.record))).row
                 if row is None:
                     return None
-                conn.execute(hot.succeed_step, self._clock({"b_job": move.job_id}))
+                self._run(conn, hot.succeed_step, self._clock({"b_job": move.job_id}))
                 if move.settles_uploads:
-                    conn.execute(hot.settle, {"b_job": move.job_id, "b_keys": list(move.settles_uploads)})
+                    self._run(conn, hot.settle, [{"b_job": move.job_id, "b_key": key} for key in move.settles_uploads])
                 if move.artifacts:
-                    conn.execute(hot.artifact, [self._clock({**a, "b_job": move.job_id}) for a in move.artifacts])
+                    self._run(conn, hot.artifact, [self._clock({**a, "b_job": move.job_id}) for a in move.artifacts])
                 payload = {"status": SUCCEEDED.value}
             self._event(conn, move.job_id, "status", {**payload, **move.note}, row["params"])
         return dict(row)
@@ -657,11 +825,11 @@ class JobStore:
                 # A progress row is worth no fsync: losing the last few on a crash is harmless,
                 # and a 30-step job would otherwise wait on 30 WAL flushes.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            held = conn.execute(self._hot.heartbeat_params, self._clock(self._held(fence))).first()
+            held = self._run(conn, self._hot.heartbeat_params, self._clock(self._held(fence))).row
             if held is None:
                 return False
-            conn.execute(self._hot.progress_step, {"b_job": fence.job_id, "b_current": current, "b_total": total})
-            self._event(conn, fence.job_id, "progress", {"current": current, "total": total}, held.params)
+            self._run(conn, self._hot.progress_step, {"b_job": fence.job_id, "b_current": current, "b_total": total})
+            self._event(conn, fence.job_id, "progress", {"current": current, "total": total}, held["params"])
         return True
 
     def begin_upload(self, fence: Fence, key: str) -> bool | None:
@@ -672,11 +840,11 @@ class JobStore:
                                                       "attempt": fence.attempt, "key": key})[0]
             return bool(found["held"]) and (True if found["added"] else None)
         with self.write() as conn:
-            if not conn.execute(self._hot.heartbeat, self._clock(self._held(fence))).rowcount:
+            if not self._run(conn, self._hot.heartbeat, self._clock(self._held(fence))).rowcount:
                 return False
-            if conn.execute(self._hot.key_taken, {"b_key": key}).first():
+            if self._run(conn, self._hot.key_taken, {"b_key": key}).rows:
                 return None
-            conn.execute(self._hot.upload, self._clock({"job_id": fence.job_id, "attempt": fence.attempt,
+            self._run(conn, self._hot.upload, self._clock({"job_id": fence.job_id, "attempt": fence.attempt,
                                                         "s3_key": key}))
         return True
 
@@ -799,7 +967,7 @@ class JobStore:
     def holds(self, fence: Fence) -> bool:
         """Whether the holder still holds the job (a cancel or a reclaim takes it away)."""
         with self.read() as conn:
-            return conn.execute(self._hot.holds, self._held(fence)).first() is not None
+            return bool(self._run(conn, self._hot.holds, self._held(fence)).rows)
 
     def _assemble(self, conn: Connection, rows: Any) -> list[dict[str, Any]]:
         """Jobs with their steps and artifacts: two queries, then grouped by job id (linear)."""

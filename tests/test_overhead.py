@@ -36,18 +36,27 @@ def service() -> JobService:
 
 @contextmanager
 def statements(svc: JobService) -> Iterator[list[str]]:
-    """Every statement the job store's engine sends while the block runs (BEGIN and COMMIT of
-    the driver included on SQLite, where the store issues them itself)."""
+    """Every statement the job store sends while the block runs: those through the engine (BEGIN
+    and COMMIT of the driver included on SQLite, where the store issues them itself), and
+    PostgreSQL's one-statement moves, which go to the driver directly (JobStore._statement)."""
     sent: list[str] = []
+    store = svc.job_store
+    one_statement = store._statement
 
     def record(_conn, _cursor, statement, *_args) -> None:
         sent.append(statement)
 
-    sa.event.listen(svc.job_store.engine, "before_cursor_execute", record)
+    def record_one(statement, params):
+        sent.append(str(statement))
+        return one_statement(statement, params)
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    store._statement = record_one  # type: ignore[method-assign]
     try:
         yield sent
     finally:
-        sa.event.remove(svc.job_store.engine, "before_cursor_execute", record)
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+        del store._statement
 
 
 def test_a_seedless_job_gets_its_seed_with_the_claim_and_its_image_carries_it(df_env):
@@ -151,3 +160,93 @@ def test_each_move_of_a_job_is_one_statement_on_postgresql(df_env):
     assert svc.job_store.unsettled_uploads(older_than_s=-60) == []
     if "DF_DATABASE_URL" in df_env:
         assert (created, claimed, progressed, began, succeeded) == (1, 1, 1, 1, 1)
+
+
+def test_a_post_on_sqlite_stores_the_rows_a_core_insert_stores(df_env):
+    """The POST's driver inserts (SQLite) write each value as SQLAlchemy would: the same stored
+    text for JSON and times, read back as the same job; a reused Idempotency-Key still meets the
+    unique index as SQLAlchemy's IntegrityError (the same job again, or a conflict)."""
+    if "DF_DATABASE_URL" in df_env:
+        return  # PostgreSQL's create is one statement of its own (the test above)
+    from dreamforge.errors import IdempotencyConflict
+    from dreamforge.tables import events, jobs, steps
+
+    svc = service()
+    params = request(seed=9).model_dump(mode="json") | {"prompt": "é \"quoted\" ✓"}
+    made, created = svc.job_store.create(params, correlation_id="corr", idempotency_key_hash="k" * 64,
+                                         request_hash="r" * 64, idempotency_ttl_s=60.0)
+    assert created and svc.job_store.job(made["id"])["params"] == params
+    assert svc.job_store.job(made["id"])["created_at"] == made["created_at"]
+    store = svc.job_store
+    with store.read() as conn:
+        job_row = conn.execute(sa.select(jobs).where(jobs.c.id == made["id"])).mappings().one()
+        step_row = conn.execute(sa.select(steps).where(steps.c.job_id == made["id"])).mappings().one()
+        event_row = conn.execute(sa.select(events).where(events.c.job_id == made["id"])).mappings().one()
+    # The same values again through a Core insert of the columns a POST sets, under another id:
+    # byte for byte what the driver stored.
+    twin = "00000000-0000-4000-8000-000000000000"
+    posted = ("type", "status", "params", "idempotency_expires_at", "request_hash", "retry_of", "rerun_of",
+              "correlation_id", "attempts", "created_at", "updated_at")
+    with store.write() as conn:
+        conn.execute(jobs.insert(), {"id": twin, **{k: job_row[k] for k in posted}})
+        conn.execute(steps.insert(), {**dict(step_row), "id": None, "job_id": twin})
+        conn.execute(events.insert(), {**dict(event_row), "id": None, "job_id": twin})
+    names = ", ".join(c.name for c in jobs.columns if c.name not in ("id", "idempotency_key_hash"))
+    with store.engine.connect() as conn:
+        raw = conn.exec_driver_sql(f"SELECT {names} FROM jobs WHERE id IN (?, ?) ORDER BY id = ?",  # noqa: S608
+                                   (made["id"], twin, twin)).all()
+        raw_steps = conn.exec_driver_sql("SELECT name, status, progress_current, progress_total, seed, started_at,"
+                                         " finished_at FROM steps WHERE job_id IN (?, ?)", (made["id"], twin)).all()
+        raw_events = conn.exec_driver_sql("SELECT at, kind, payload FROM events WHERE job_id IN (?, ?)",
+                                          (made["id"], twin)).all()
+    assert raw[0] == raw[1] and raw_steps[0] == raw_steps[1] and raw_events[0] == raw_events[1]
+    # The unique key: the same request gets the first job, another one a conflict.
+    again, created = store.create(params, idempotency_key_hash="k" * 64, request_hash="r" * 64,
+                                  idempotency_ttl_s=60.0)
+    assert not created and again["id"] == made["id"]
+    try:
+        store.create(params, idempotency_key_hash="k" * 64, request_hash="x" * 64, idempotency_ttl_s=60.0)
+    except IdempotencyConflict:
+        pass
+    else:
+        raise AssertionError("a reused key with another request was not refused")
+
+
+def test_one_progress_writer_serves_every_job_and_writes_each_last_value(df_env):
+    """Reporters of several running jobs share one writer thread; each job's last value is
+    written before wait() returns, and a job canceled under its reporter stops the run at its
+    next report (LostJob)."""
+    import threading
+    import time
+
+    from dreamforge.progress import LostJob, ProgressReporter
+
+    svc = service()
+    fences = []
+    for _ in range(3):
+        claim = svc.claim(svc.submit(request(seed=1)).view.id, WORKER)
+        assert claim is not None
+        fences.append(claim.fence)
+    reporters = [ProgressReporter(svc, fence) for fence in fences]
+    for step in (1, 2, 3):
+        for reporter in reporters:
+            reporter.report(step, 3)
+    assert all(reporter.wait(30) for reporter in reporters)
+    for fence in fences:
+        assert [e["payload"] for e in svc.events(fence.job_id) if e["kind"] == "progress"][-1] == \
+            {"current": 3, "total": 3}
+    assert [t.name for t in threading.enumerate()].count("df-progress") == 1
+    # A cancel: the writer's next check finds the job gone from its holder.
+    fence = svc.claim(svc.submit(request(seed=1)).view.id, WORKER).fence  # type: ignore[union-attr]
+    with ProgressReporter(svc, fence) as reporter:
+        svc.cancel(fence.job_id)
+        deadline = time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline:
+                reporter.report(1, 10)
+                time.sleep(0.01)
+            raise AssertionError("the reporter never found the job canceled")
+        except LostJob:
+            pass
+    assert not reporter.wait(30)
+    assert [t.name for t in threading.enumerate()].count("df-progress") == 1

@@ -84,7 +84,8 @@ def parse_json(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadJson("not UTF-8") from None
-    _check_depth(text)
+    if text.count("[") + text.count("{") > MAX_DEPTH:  # fewer brackets than that can't nest deeper
+        _check_depth(text)
     try:
         value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
                            parse_constant=_refuse_constant)
