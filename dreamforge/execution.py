@@ -415,6 +415,12 @@ class Executor:
                 "timings": {"download_s": round(time.perf_counter() - t0, 4)}}
         if not self._patiently(f"[job={fence.job_id}] recording success",
                                lambda: self.service.complete(fence, note)):
+            # Canceled (or reclaimed) between the last check and now: the model was registered
+            # for a job that no longer wants it.
+            try:
+                self.service.models.remove(record.name)
+            except Exception:  # the job is lost either way; say what is left behind
+                jlog.exception("model %s registered by a job it no longer holds, not removed", record.name)
             raise LostJob(fence.job_id)
         jlog.info("succeeded: model %s registered (%d bytes)", record.name, record.size_bytes or 0)
         metrics.finished("succeeded")

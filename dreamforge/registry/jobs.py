@@ -74,8 +74,11 @@ def run_download(service: JobService, fence: Fence, params: dict[str, Any]) -> M
     (their codes become the job's), or LostJob when the job was canceled meanwhile."""
     request = DownloadRequest.model_validate(params)
     with ProgressReporter(service, fence) as reporter:
-        record = service.models.add_url(request.source, request.name, request.sha256,
-                                        make_default=request.default, progress=DownloadProgress(reporter))
-        if not reporter.wait():
-            raise LostJob(fence.job_id)
-    return record
+        def still_held() -> None:
+            # The last progress write is fenced: a cancel that came while the bytes arrived shows
+            # here, before the model is registered (a canceled download registers nothing).
+            if not reporter.wait():
+                raise LostJob(fence.job_id)
+
+        return service.models.add_url(request.source, request.name, request.sha256, make_default=request.default,
+                                      progress=DownloadProgress(reporter), before_register=still_held)
