@@ -157,44 +157,6 @@ SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM added) AS adde
 INSERT_STEP = steps.insert()
 
 
-class DriverInsert:
-    """An INSERT of fixed columns in the driver's own SQL, run on the transaction's DBAPI
-    connection (SQLite's, where a POST makes three of them). SQLAlchemy's execution path (its
-    parameter processing, result set-up and events) costs more than SQLite's execution of such an
-    insert: ``JobStore.create`` took 0.50-0.77 ms of CPU against 0.31-0.41 ms this way (timed in
-    process on the 2-core test machine, issue 18's second pass).
-    Each value goes through its column's own bind processor, so the row is stored exactly as a
-    Core insert stores it, and a driver error is raised as the SQLAlchemy error Core would raise."""
-
-    def __init__(self, table: sa.Table, columns: tuple[str, ...], dialect: sa.engine.Dialect):
-        quote = dialect.identifier_preparer.quote
-        self.columns = columns
-        names = ", ".join(quote(c) for c in columns)  # our own table's names; values are parameters
-        self.sql = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
-        self._process = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
-        self._dbapi_error = dialect.loaded_dbapi.Error
-
-    def __call__(self, conn: Connection, values: dict[str, Any]) -> None:
-        row = tuple(values.get(c) if process is None else process(values.get(c))
-                    for c, process in zip(self.columns, self._process, strict=True))
-        try:
-            conn.connection.driver_connection.execute(self.sql, row)  # type: ignore[union-attr]
-        except self._dbapi_error as exc:
-            raise sa.exc.DBAPIError.instance(self.sql, row, exc, self._dbapi_error) from exc
-
-
-class SqliteCreate:
-    """A POST's three rows on SQLite (the job, its step, its first event), as driver inserts."""
-
-    def __init__(self, dialect: sa.engine.Dialect):
-        self.job = DriverInsert(jobs, ("id", "type", "status", "params", "idempotency_key_hash",
-                                       "idempotency_expires_at", "request_hash", "retry_of", "rerun_of",
-                                       "correlation_id", "attempts", "created_at", "updated_at"), dialect)
-        self.step = DriverInsert(steps, ("job_id", "name", "status", "progress_current", "progress_total",
-                                         "seed"), dialect)
-        self.event = DriverInsert(events, ("job_id", "at", "kind", "payload"), dialect)
-
-
 # The columns of an artifact row that a success writes (ids and time come from the statement).
 ARTIFACT_KEYS = ("item_index", "seed", "width", "height", "format", "s3_key", "size_bytes", "sha256")
 
@@ -216,7 +178,7 @@ class DriverResult:
 
 class Prepared:
     """A hot Core statement compiled once for SQLite and run on the transaction's DBAPI
-    connection, as DriverInsert runs a POST's inserts: SQLAlchemy's per-execution work (the
+    connection (a driver error raised as the SQLAlchemy error Core would raise): SQLAlchemy's per-execution work (the
     statement's cache key, its parameter and result set-up, events) cost a 1-step job more than
     SQLite's execution of its dozen statements (a sampling profile of `df worker` under
     benchmarks/queue_overhead.py's load: about a quarter of its Python time). Values
@@ -262,6 +224,21 @@ class Prepared:
             rows = [{key: value if process is None else process(value)
                      for (key, process), value in zip(self._returns, r, strict=True)} for r in rows]
         return DriverResult(rows, rowcount)
+
+
+class SqliteCreate:
+    """A POST's three rows on SQLite (the job, its step, its first event), prepared for the
+    driver (see Prepared): SQLAlchemy's execution path cost more than SQLite's inserts,
+    ``JobStore.create`` took 0.50-0.77 ms of CPU against 0.31-0.41 ms this way (timed in process
+    on the 2-core test machine, issue 18's second pass)."""
+
+    def __init__(self, dialect: sa.engine.Dialect):
+        self.job = Prepared(jobs.insert(), dialect, column_keys=(
+            "id", "type", "status", "params", "idempotency_key_hash", "idempotency_expires_at", "request_hash",
+            "retry_of", "rerun_of", "correlation_id", "attempts", "created_at", "updated_at"))
+        self.step = Prepared(steps.insert(), dialect, column_keys=(
+            "job_id", "name", "status", "progress_current", "progress_total", "seed"))
+        self.event = Prepared(events.insert(), dialect, column_keys=("job_id", "at", "kind", "payload"))
 
 
 class HotStatements:
