@@ -20,8 +20,8 @@ from isal import isal_zlib
 from PIL import Image, ImageChops
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# PNG colour types by Pillow mode, with bytes a pixel; other modes go through Pillow's encoder.
-COLOUR_TYPES = {"L": (0, 1), "RGB": (2, 3), "RGBA": (6, 4)}
+# PNG colour types by Pillow mode; other modes go through Pillow's encoder.
+COLOUR_TYPES = {"L": 0, "RGB": 2, "RGBA": 6}
 FILTER_UP = b"\x02"
 # IDAT data split into chunks of this size: decoders stream them, none needs one huge chunk.
 IDAT_CHUNK_BYTES = 1 << 20
@@ -67,7 +67,7 @@ def encode(image: Image.Image, texts: Iterable[tuple[str, str]], level: int) -> 
     """``image`` (mode L, RGB or RGBA) as PNG bytes with the ``texts`` as iTXt chunks.
 
     ``level`` is zlib's 0-9 (DF_PNG_COMPRESS_LEVEL): 0 stores, 1-9 map onto ISA-L's levels."""
-    colour_type, _ = COLOUR_TYPES[image.mode]
+    colour_type = COLOUR_TYPES[image.mode]
     width, height = image.size
     idat = memoryview(deflate(_filtered_rows(image), level))
     parts = [SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))]
