@@ -11,6 +11,13 @@ Streams follow event ids, so the feed publishes events in id order with no hole:
 transaction can commit event 11 before another commits event 10 (ids come from a sequence, taken
 before commit). Where the ids it reads skip one, the feed holds back what follows the hole for up
 to GAP_WAIT_S, then gives the missing ids up (a rolled-back transaction never fills them).
+
+The feed tails the store only while someone watches: it wakes when a stream or a waiting request
+asks for its position or waits on it, and goes back to sleep after IDLE_S with nobody waiting. A
+process that serves only submissions reads no events at all: with a feed always awake, reading
+every event back cost a PostgreSQL server 40% of its CPU per POST (one read per NOTIFY), and a
+SQLite one 15%. Waking reads the store's newest id and starts the ring empty, so a stream
+whose cursor is older reads the store, as one that fell behind the ring always has.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "dreamforge_events"
 GAP_WAIT_S = 2.0
+# How long the feed goes on tailing with nobody waiting on it: a client that polls, or
+# reconnects, within it finds the feed awake.
+IDLE_S = 30.0
 
 
 class EventFeed:
@@ -47,34 +57,70 @@ class EventFeed:
         # deleted (a withdrawn or pruned job), nothing to wait for.
         self._gap_wait = GAP_WAIT_S if self._listen else 0.0
         self._hole_since: float | None = None
+        self._waiters = 0
+        self._used_at = 0.0
+        self._waking = asyncio.Lock()
 
     @property
     def last_id(self) -> int:
+        """The newest id published; stale while the feed sleeps (``position`` wakes it)."""
         return self._last_id
 
-    async def start(self) -> None:
-        self._last_id = await run_in_threadpool(self.job_store.last_event_id)
-        self._task = asyncio.create_task(self._run(), name="df-event-feed")
+    async def position(self) -> int:
+        """Where a stream starts following: the newest id published, with the feed awake, so
+        every later event reaches ``since`` (or the store, for one that fell behind the ring)."""
+        await self._wake()
+        return self._last_id
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+
+    async def _wake(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._used_at = loop.time()
+        if self._task is not None and not self._task.done():
+            return
+        async with self._waking:
+            if self._task is not None and not self._task.done():
+                return
+            # What happened while it slept is not in the ring: start it empty from the newest id.
+            last_id = await run_in_threadpool(self.job_store.last_event_id)
+            self._ring.clear()
+            self._hole_since = None
+            self._last_id = last_id
+            self._used_at = loop.time()
+            self._task = asyncio.create_task(self._run(), name="df-event-feed")
+
+    def _idle(self) -> bool:
+        return not self._waiters and asyncio.get_running_loop().time() - self._used_at > IDLE_S
 
     async def wait(self, after_id: int, timeout: float) -> bool:
         """Wait until an event newer than ``after_id`` is known, at most ``timeout`` seconds.
         True if there is one."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._last_id <= after_id:
-            left = deadline - loop.time()
-            if left <= 0:
+        self._waiters += 1
+        try:
+            try:
+                await self._wake()
+            except DreamForgeError:  # the store is away: as if nothing happened for a while
+                await asyncio.sleep(min(timeout, 1.0))
                 return False
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), left)
-        return True
+            while self._last_id <= after_id:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                changed = self._changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), left)
+            return True
+        finally:
+            self._waiters -= 1
+            self._used_at = loop.time()
 
     def since(self, after_id: int) -> list[dict[str, Any]] | None:
         """Events newer than ``after_id`` from the ring, oldest first; None when the ring no
@@ -84,7 +130,8 @@ class EventFeed:
         return [e for e in self._ring if e["id"] > after_id]
 
     async def _run(self) -> None:
-        while True:
+        """Tail the store until nobody has watched for IDLE_S."""
+        while not self._idle():
             try:
                 if self._listen:
                     await self._listen_loop()
@@ -98,7 +145,7 @@ class EventFeed:
                 await asyncio.sleep(1.0)
 
     async def _poll_loop(self) -> None:
-        while True:
+        while not self._idle():
             await self._read_new()
             await asyncio.sleep(self.poll_s)
 
@@ -110,7 +157,7 @@ class EventFeed:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             await conn.execute(f"LISTEN {CHANNEL}")
             await self._read_new()  # what happened before the LISTEN took effect
-            while True:
+            while not self._idle():
                 # The notifications only wake the feed; the events table is what it reads. The
                 # timeout bounds how late an event can be if a notification is ever lost.
                 async for _ in conn.notifies(timeout=1.0, stop_after=1):

@@ -52,3 +52,56 @@ def test_a_late_commit_is_published_in_order_and_a_rolled_back_id_is_given_up(mo
         assert [e["id"] for e in events.since(4)] == [6]
 
     asyncio.run(scenario())
+
+
+class CountingStore(CommitOrder):
+    url = "sqlite:///stand-in"  # the polling feed
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def events_after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
+        self.reads += 1
+        return super().events_after(after_id, limit)
+
+
+def test_the_feed_reads_nothing_until_someone_watches_and_sleeps_again_when_nobody_does(monkeypatch):
+    monkeypatch.setattr(feed, "IDLE_S", 0.3)
+    store = CountingStore()
+    store.commit(1, 2)
+
+    async def scenario() -> None:
+        events = EventFeed(store, poll_s=0.01)  # type: ignore[arg-type]
+        store.commit(3)
+        await asyncio.sleep(0.1)
+        assert store.reads == 0  # a process that only takes submissions reads no events
+
+        assert await events.position() == 3  # waking starts from the store's newest id
+        store.commit(4)
+        assert await events.wait(3, 2.0)
+        assert [e["id"] for e in events.since(3) or []] == [4]
+
+        # A waiter keeps it awake past IDLE_S; an event that comes late still reaches it.
+        waiting = asyncio.create_task(events.wait(4, 2.0))
+        await asyncio.sleep(0.5)
+        store.commit(5)
+        assert await waiting
+        assert [e["id"] for e in events.since(4) or []] == [5]
+
+        await asyncio.sleep(0.6)  # nobody waits: it goes to sleep
+        reads = store.reads
+        store.commit(6, 7)
+        await asyncio.sleep(0.2)
+        assert store.reads == reads and events.last_id == 5
+
+        # A stream that was following from 5 wakes it; what came while it slept is not in the
+        # ring, so the stream is sent to the store for it (since: None), never given a gap.
+        assert await events.wait(5, 2.0)
+        assert events.last_id == 7 and events.since(5) is None
+        store.commit(8)
+        assert await events.wait(7, 2.0)
+        assert [e["id"] for e in events.since(7) or []] == [8]
+        await events.stop()
+
+    asyncio.run(scenario())

@@ -215,8 +215,7 @@ def create_app(settings: Settings, *, service: JobService | None = None,
         deliverer = None if embedded_worker else svc.webhook_deliverer()
         if deliverer is not None:
             deliverer.start()
-        feed = svc.event_feed()  # one per process: every stream waits on it
-        await feed.start()
+        feed = svc.event_feed()  # one per process, awake while someone watches: every stream waits on it
         try:
             yield {"service": svc, "metrics": make_registry(svc), "feed": feed,
                    "heartbeat_s": heartbeat_s}

@@ -162,7 +162,7 @@ async def _generate(request: Request) -> Response:
         raise OpenAIError(400, "Idempotency-Key must be 1-255 visible ASCII characters", param="Idempotency-Key")
     job_request, response_format = _to_job_request(data)
     service, feed = request.state.service, request.state.feed
-    mark = feed.last_id  # before the submit: the feed then carries every event of the job
+    mark = await feed.position()  # before the submit: the feed then carries every event of the job
     submitted = await run_in_threadpool(service.submit, job_request, correlation_id=request.state.request_id,
                                         idempotency_key=key, idempotency_scope=idempotency_scope(request))
     job_id = submitted.view.id

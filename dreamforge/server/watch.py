@@ -37,7 +37,7 @@ async def _follow_job(request: Request, after: int, render: Callable[[Event], by
     service: JobService = request.state.service
     feed = request.state.feed
     job_id = request.path_params["job_id"]
-    mark = feed.last_id  # before the backlog: the feed carries whatever the backlog misses
+    mark = await feed.position()  # before the backlog: the feed carries whatever the backlog misses
     view = await run_in_threadpool(service.get, job_id)  # 404 before the stream starts
     backlog = await run_in_threadpool(service.events, job_id, after)
     # Terminal before the backlog was read: its event is in the backlog, or the client has it.
@@ -101,7 +101,7 @@ async def all_events(request: Request) -> Response:
     if accepted(request, ("application/json", EVENT_STREAM)) == EVENT_STREAM:
         feed = request.state.feed
         given = "last-event-id" in request.headers or "after" in request.query_params
-        start = after if given else feed.last_id
+        start = after if given else await feed.position()
         return sse_response(follow(
             feed, mark=start, cursor=start, keep=keep, heartbeat_s=request.state.heartbeat_s,
             render=lambda e: frame(e["id"], e["kind"], EventView.model_validate(e).model_dump(mode="json")),
