@@ -430,7 +430,7 @@ class Executor:
         """The registered model the job names, or the registry's default; None leaves the runner
         on the model the settings name. A model removed since the job was queued fails the job."""
         try:
-            record = self.service.models.resolve(name)
+            record = self.service.models.resolve_recent(name)
         except ModelNotFound as exc:
             raise RunnerError(f"{exc.message} (removed after the job was queued?)",
                               code="unknown_model") from None

@@ -3,11 +3,12 @@ and pinned by a rerun. Fake runner, in-process: the real service, job store, reg
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from dreamforge.errors import InvalidRequest
+from dreamforge.errors import InvalidRequest, ModelNotFound
 from dreamforge.execution import Executor
 from dreamforge.runners.fake import FakeRunner
 from dreamforge.schemas import parse_request
@@ -80,3 +81,32 @@ def test_a_rerun_pins_the_registered_default_it_ran_on(svc):
     assert run(svc, again.id) == "succeeded"
     assert svc.artifact_bytes(svc.get(again.id).artifacts[0].s3_key) == \
         svc.artifact_bytes(svc.get(first.id).artifacts[0].s3_key)
+
+
+def test_a_worker_reads_the_registry_once_a_second_and_sees_its_own_changes_at_once(svc, tmp_path, monkeypatch):
+    from dreamforge.registry import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "RECENT_S", 0.5)
+    worker_side = svc.models
+    reads: list[str | None] = []
+    resolve = worker_side.resolve
+    monkeypatch.setattr(worker_side, "resolve", lambda name: reads.append(name) or resolve(name))
+
+    assert worker_side.resolve_recent(None).name == "default"  # the settings' model
+    assert worker_side.resolve_recent(None).name == "default" and reads == [None]  # kept
+
+    # Another process makes alt the default: a worker sees it within RECENT_S, not at once.
+    other_process = JobService.from_settings(Settings())
+    other_process.models.set_default("alt")
+    assert worker_side.resolve_recent(None).name == "default"
+    time.sleep(0.55)
+    assert worker_side.resolve_recent(None).name == "alt" and reads == [None, None]
+
+    # This process's own change is seen at once, and so is a removal.
+    worker_side.add_local(hand_made_sdxl(tmp_path / "third.safetensors"), name="third", make_default=True)
+    assert worker_side.resolve_recent(None).name == "third"
+    assert worker_side.resolve_recent("alt").name == "alt"
+    worker_side.remove("alt")
+    with pytest.raises(ModelNotFound):
+        worker_side.resolve_recent("alt")
+    other_process.close()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,8 @@ from dreamforge.tables import models, utcnow
 from dreamforge.text import cut
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from dreamforge.job_store import JobStore
     from dreamforge.registry.download import Progress
     from dreamforge.settings import Settings
@@ -41,6 +45,11 @@ log = logging.getLogger(__name__)
 
 # How deep `scan` looks under the models root (the root's own files are depth 1).
 SCAN_DEPTH = 4
+# A worker resolves the model of every job it runs, and keeps what it read this long: a busy
+# worker reads the registry about once a second, not once a job (the read was a tenth of a
+# 1-step job's CPU on PostgreSQL, issue 18). What this process changes in the registry it sees at
+# once; what another process changes, within this time.
+RECENT_S = 1.0
 
 
 def models_root(settings: Settings) -> Path:
@@ -84,6 +93,8 @@ class ModelRegistry:
         self.settings = settings
         self.store = job_store
         self.root = models_root(settings)
+        self._recent: dict[str | None, tuple[float, ModelRecord]] = {}
+        self._changes = 0  # so a read that overlapped a change is not kept
 
     # -- reading --------------------------------------------------------------------------------
     def _record(self, row: Any) -> ModelRecord:
@@ -147,6 +158,19 @@ class ModelRegistry:
                                 details={"model": record.name, "kind": record.kind})
         return record
 
+    def resolve_recent(self, name: str | None) -> ModelRecord:
+        """``resolve``, answered from what this registry read in the last RECENT_S: what a
+        worker asks for each job it runs."""
+        now = time.monotonic()
+        kept = self._recent.get(name)
+        if kept is not None and now - kept[0] < RECENT_S:
+            return kept[1]
+        changes = self._changes
+        record = self.resolve(name)
+        if changes == self._changes:
+            self._recent[name] = (now, record)
+        return record
+
     def resolve_lora(self, name: str) -> ModelRecord:
         """The LoRA a job names. ModelNotFound (unknown_model) for an unknown name; ModelRejected
         (not_a_lora) for a checkpoint's."""
@@ -162,6 +186,16 @@ class ModelRegistry:
             conn.execute(models.update().where(models.c.name == name).values(last_used_at=utcnow()))
 
     # -- changing -------------------------------------------------------------------------------
+    @contextmanager
+    def _changing(self) -> Iterator[Connection]:
+        """A write that changes what ``resolve`` answers: what this process kept is dropped."""
+        try:
+            with self.store.write() as conn:
+                yield conn
+        finally:
+            self._changes += 1
+            self._recent.clear()
+
     def stored_path(self, location: Path) -> str:
         """``location`` relative to the models root when it lies under it, else absolute."""
         location = location.resolve()
@@ -181,7 +215,7 @@ class ModelRegistry:
         if make_default and values["kind"] != ident.CHECKPOINT:
             raise _lora_as_default(values["name"])
         try:
-            with self.store.write() as conn:
+            with self._changing() as conn:
                 if not values["downloaded"]:
                     same = conn.execute(sa.select(models.c.name).where(models.c.path == values["path"])).first()
                     if same:
@@ -265,7 +299,7 @@ class ModelRegistry:
         root (and not with ``keep_file``); files added from elsewhere are never touched. Returns
         the record and the path deleted, if any."""
         record = self.get(name)
-        with self.store.write() as conn:
+        with self._changing() as conn:
             conn.execute(models.delete().where(models.c.name == name))
         deleted = None
         if record.downloaded and not keep_file and self._under_root(record.location):
@@ -292,7 +326,7 @@ class ModelRegistry:
         registered default, so the settings' model is the default again."""
         if name is not None and self.get(name).kind != ident.CHECKPOINT:
             raise _lora_as_default(name)
-        with self.store.write() as conn:
+        with self._changing() as conn:
             conn.execute(models.update().values(
                 is_default=sa.case((models.c.name == name, True), else_=False) if name else False))
         return self.default()
