@@ -146,9 +146,8 @@ def idle_cost(url: str, db_url: str, streams: int, seconds: float = 10.0) -> dic
 
 
 def run(name: str, jobs: int, steps: int, idle: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        env, cleanup = backend_env(name, Path(tmp) / "data")
-        env["DF_FAKE_STEP_DELAY_S"] = "0.05"
+    with tempfile.TemporaryDirectory() as tmp, backend_env(name, Path(tmp) / "data") as env:
+        env = {**env, "DF_FAKE_STEP_DELAY_S": "0.05"}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = start(["serve", "--no-worker", "--port", str(port)], env, Path(tmp) / "serve.log")
@@ -173,7 +172,6 @@ def run(name: str, jobs: int, steps: int, idle: int) -> None:
                 worker.kill()
             server.terminate()
             server.wait(60)
-            cleanup()
 
 
 def main() -> None:
