@@ -27,16 +27,22 @@ def _text(name: str, length: int | None, *, nullable: bool = False, **kw: object
     return sa.Column(name, sa.String(length), nullable=nullable, **kw)  # type: ignore[arg-type]
 
 
-def _job_ref() -> sa.Column:
+def _job_ref(*, index: bool = True) -> sa.Column:
     return sa.Column("job_id", sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
-                     nullable=False, index=True)
+                     nullable=False, index=index)
+
+
+def _index_of_set(name: str, column: str) -> sa.Index:
+    """A partial index, on both backends, of only the rows where ``column`` is set."""
+    condition = sa.text(f"{column} IS NOT NULL")
+    return sa.Index(name, column, sqlite_where=condition, postgresql_where=condition)
 
 
 jobs = sa.Table(
     "jobs", metadata,
     _text("id", 36, primary_key=True),
     _text("type", 32),
-    _text("status", 16, index=True),
+    _text("status", 16),
     sa.Column("params", sa.JSON, nullable=False),
     # The hash covers the key and its scope (the API token, or the client); the key is free again
     # after idempotency_expires_at (DF_IDEMPOTENCY_TTL).
@@ -44,9 +50,9 @@ jobs = sa.Table(
     _ts("idempotency_expires_at"),
     _text("request_hash", 64, nullable=True),
     # A retry of a failed or canceled job is a new job that names the one it retries.
-    _text("retry_of", 36, nullable=True, index=True),
+    _text("retry_of", 36, nullable=True),
     # A rerun (of any job) is a new job that names the one whose recorded parameters it runs.
-    _text("rerun_of", 36, nullable=True, index=True),
+    _text("rerun_of", 36, nullable=True),
     # How the job ran (model, scheduler, dtype, device, versions, seeds): see execution.run_record.
     sa.Column("record", sa.JSON, nullable=True),
     _text("correlation_id", 255, nullable=True),
@@ -56,15 +62,21 @@ jobs = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     _text("worker_id", 255, nullable=True),
     _ts("heartbeat_at"),
-    _ts("created_at", nullable=False, index=True),
+    _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
     _ts("started_at"),
     _ts("finished_at"),
+    # Every index is written on each insert and (for status) each move, so none is a prefix of
+    # another: a filter or sort on status or created_at alone uses the index that starts with it.
     # Listing pages by (created_at, id), newest first, with or without a filter: each filter has
     # an index that ends in that key, so a page is one index range at any table size.
     sa.Index("ix_jobs_created_id", "created_at", "id"),
     sa.Index("ix_jobs_status_created_id", "status", "created_at", "id"),
     sa.Index("ix_jobs_type_created_id", "type", "created_at", "id"),
+    # Nearly every job is neither a retry nor a rerun: the indexes hold only those that are
+    # (``retry_of = :id`` implies IS NOT NULL, so such a lookup still uses them).
+    _index_of_set("ix_jobs_retry_of", "retry_of"),
+    _index_of_set("ix_jobs_rerun_of", "rerun_of"),
 )
 
 steps = sa.Table(
@@ -85,7 +97,8 @@ events = sa.Table(
     # Every progress write is an event: 64-bit ids (SQLite's rowid is 64-bit already, and must stay
     # INTEGER to remain the rowid).
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-    _job_ref(),
+    # ix_events_job_id_id serves lookups by job_id alone (and the cascade delete) too.
+    _job_ref(index=False),
     _ts("at", nullable=False),
     _text("kind", 16),
     sa.Column("payload", sa.JSON, nullable=False),

@@ -92,3 +92,37 @@ def test_ten_processes_upgrading_a_first_release_store_at_once(df_env):
     load_first_release(Settings())
     open_the_store_at_once(df_env)
     assert JobStore(Settings().database_url).schema_revision() == migrate.HEAD_REVISION
+
+
+def job_indexes(conn: sa.Connection) -> dict[str, str]:
+    """The jobs and events indexes of the store, each with its definition as the database has it."""
+    if conn.dialect.name == "sqlite":
+        rows = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                                    "AND tbl_name IN ('jobs', 'events') AND sql IS NOT NULL")
+    else:
+        rows = conn.exec_driver_sql("SELECT indexname, indexdef FROM pg_indexes WHERE "
+                                    "schemaname = current_schema() AND tablename IN ('jobs', 'events')")
+    return {name: " ".join(definition.split()) for name, definition in rows}
+
+
+def test_0006_drops_the_prefix_indexes_and_makes_the_null_mostly_ones_partial(df_env):
+    from alembic import command
+
+    store = JobStore(Settings().database_url)
+    store.upgrade_schema()
+    with store.read() as conn:
+        indexes = job_indexes(conn)
+    assert {"ix_jobs_status", "ix_jobs_created_at", "ix_events_job_id"}.isdisjoint(indexes)
+    assert {"ix_jobs_status_created_id", "ix_jobs_created_id", "ix_events_job_id_id"} <= set(indexes)
+    for column in ("retry_of", "rerun_of"):
+        assert f"WHERE {column} IS NOT NULL" in indexes[f"ix_jobs_{column}"].replace("(", "").replace(")", "")
+
+    with store.write() as conn:  # the downgrade puts every index back as 0005 had it
+        command.downgrade(migrate._config(conn), "0005")
+    with store.read() as conn:
+        indexes = job_indexes(conn)
+    assert {"ix_jobs_status", "ix_jobs_created_at", "ix_events_job_id"} <= set(indexes)
+    assert not any("WHERE" in indexes[f"ix_jobs_{column}"] for column in ("retry_of", "rerun_of"))
+    assert store.upgrade_schema() == ("0005", migrate.HEAD_REVISION)
+    with store.read() as conn:
+        assert migrate.differences(conn) == []
