@@ -12,8 +12,11 @@ checkout), in a pass of their own (--trip-requests) after the timed ones, so the
 weighs on no rate. Each server's CPU per POST (user + system, from /proc) is printed beside its
 rate: on a shared machine it moves far less with other load than the rate does.
 
+With --watchers N, N SSE streams follow /v1/events on the df server during its timed pass (a
+dashboard left open), so the event feed is awake: each POST's queued event is read back and sent.
+
     python benchmarks/api_post.py [--requests 2000] [--concurrency 8] [--trip-requests 300]
-        [--backends sqlite,postgres_redis]
+        [--backends sqlite,postgres_redis] [--watchers 0]
 """
 
 from __future__ import annotations
@@ -49,13 +52,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def load(url: str, total: int, concurrency: int) -> tuple[list[float], list[int], list[str], float]:
+async def watch(client: httpx.AsyncClient, opened: asyncio.Event, frames: list[int]) -> None:
+    """One SSE client following every job's events (a dashboard left open), counting the frames."""
+    async with client.stream("GET", "/v1/events", headers={"Accept": "text/event-stream"}) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if line.startswith(": stream open"):
+                opened.set()
+            elif line.startswith("id:"):
+                frames[0] += 1
+
+
+async def load(url: str, total: int, concurrency: int,
+               watchers: int = 0) -> tuple[list[float], list[int], list[str], float, int]:
+    """POSTs from ``concurrency`` clients; with ``watchers``, that many SSE streams on /v1/events
+    stay open meanwhile. Returns latencies, statuses, ids, seconds, and the frames the watchers got."""
     latencies: list[float] = []
     statuses: list[int] = []
     ids: list[str] = []
+    frames = [0]
     counter = iter(range(total))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+    limits = httpx.Limits(max_connections=concurrency + watchers, max_keepalive_connections=concurrency + watchers)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, read=None), limits=limits) as client:
         async def one_client() -> None:
             for _ in counter:
                 t0 = time.perf_counter()
@@ -65,14 +83,22 @@ async def load(url: str, total: int, concurrency: int) -> tuple[list[float], lis
                 if r.status_code == 202:
                     ids.append(r.json()["id"])
 
+        openings = [asyncio.Event() for _ in range(watchers)]
+        streams = [asyncio.create_task(watch(client, opened, frames)) for opened in openings]
+        for opened in openings:
+            await asyncio.wait_for(opened.wait(), 30)
         start = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return latencies, statuses, ids, elapsed
+        await asyncio.sleep(0.5 if watchers else 0)  # the last events reach the watchers
+        for stream in streams:
+            stream.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
+    return latencies, statuses, ids, elapsed, frames[0]
 
 
 def drive(command: list[str], env: dict[str, str], log_path: Path, total: int, concurrency: int,
-          proxy: RoundTripProxy | None) -> dict[str, Any]:
+          proxy: RoundTripProxy | None, watchers: int = 0) -> dict[str, Any]:
     """Start a server, warm it up, load it; the figures, with the ids it accepted."""
     port = free_port()
     log = open(log_path, "w")
@@ -91,10 +117,10 @@ def drive(command: list[str], env: dict[str, str], log_path: Path, total: int, c
         asyncio.run(load(url, WARM_UP, concurrency))
         trips, conns = (proxy.round_trips, proxy.connections) if proxy else (0, 0)
         cpu = cpu_seconds(server.pid)
-        latencies, statuses, ids, elapsed = asyncio.run(load(url, total, concurrency))
+        latencies, statuses, ids, elapsed, frames = asyncio.run(load(url, total, concurrency, watchers))
         result = {"rps": total / elapsed, "cpu_ms": (cpu_seconds(server.pid) - cpu) / total * 1000,
                   "p50": statistics.median(latencies), "p99": percentile(latencies, 99),
-                  "errors": sum(1 for s in statuses if s != 202), "ids": ids}
+                  "errors": sum(1 for s in statuses if s != 202), "ids": ids, "frames": frames}
         if proxy:
             result.update(trips=(proxy.round_trips - trips) / total, connects=proxy.connections - conns)
         return result
@@ -104,13 +130,13 @@ def drive(command: list[str], env: dict[str, str], log_path: Path, total: int, c
         log.close()
 
 
-def run_backend(name: str, total: int, concurrency: int, trip_requests: int) -> dict[str, Any]:
+def run_backend(name: str, total: int, concurrency: int, trip_requests: int, watchers: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
         env = stack.enter_context(backend_env(name, tmp / "data"))
         df_command = [sys.executable, "-m", "dreamforge.cli.main", "serve", "--no-worker"]
         bare_command = [sys.executable, str(HERE / "bare.py"), "post-app"]
-        df = drive(df_command, env, tmp / "serve.log", total, concurrency, None)
+        df = drive(df_command, env, tmp / "serve.log", total, concurrency, None, watchers)
         os.environ.update(env)
         from dreamforge.service import JobService
         from dreamforge.settings import Settings
@@ -144,11 +170,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--trip-requests", type=int, default=300)
     parser.add_argument("--backends", default="sqlite,postgres_redis")
+    parser.add_argument("--watchers", type=int, default=0,
+                        help="SSE streams on /v1/events kept open during df's timed pass (a dashboard)")
     args = parser.parse_args()
-    results = [(name, run_backend(name, args.requests, args.concurrency, args.trip_requests))
+    results = [(name, run_backend(name, args.requests, args.concurrency, args.trip_requests, args.watchers))
                for name in args.backends.split(",")]
     print(f"POST /v1/jobs, {args.requests} requests at concurrency {args.concurrency}; df = df serve --no-worker, "
-          "bare = bare.py post-app (one INSERT + one Huey enqueue); PG round trips counted by a proxy")
+          "bare = bare.py post-app (one INSERT + one Huey enqueue); PG round trips counted by a proxy"
+          + (f"; {args.watchers} SSE stream(s) on /v1/events open during df's timed pass" if args.watchers else ""))
     print(f"{'backend':<16}{'server':<7}{'POST/s':>9}{'p50':>10}{'p99':>10}{'errors':>8}{'PG trips':>10}"
           f"{'connects':>10}{'CPU/POST':>10}{'df/bare':>9}{'CPU bare/df':>12}  every 202 queued once   "
           "(trips, connects, server CPU: per POST)")
@@ -158,7 +187,7 @@ def main() -> None:
         for label, x in (("df", df), ("bare", bare)):
             trips = f"{x['trips']:>10.2f}{x['connects']:>10.3f}" if "trips" in x else f"{'-':>10}{'-':>10}"
             tail = (f"{df['rps'] / bare['rps']:>9.3f}{bare['cpu_ms'] / df['cpu_ms']:>12.3f}  {'yes' if once else 'NO'}"
-                    if label == "df" else "")
+                    + (f"  (SSE frames received: {df['frames']})" if args.watchers else "") if label == "df" else "")
             print(f"{name:<16}{label:<7}{x['rps']:>9.1f}{x['p50']:>7.1f} ms{x['p99']:>7.1f} ms{x['errors']:>8}"
                   f"{trips}{x['cpu_ms']:>7.2f} ms{tail}")
 
