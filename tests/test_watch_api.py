@@ -189,6 +189,38 @@ def test_sse_keepalive_and_end_on_cancel_in_process(api, svc):
     assert '"canceled"' in frames[-1]["data"]
 
 
+def test_the_event_feed_sleeps_with_nobody_watching_and_wakes_for_the_next_stream(df_env, svc, monkeypatch):
+    """The API reads no events while nobody watches; a stream that comes after the feed went back
+    to sleep still gets every event of its job, in order, to the end."""
+    from dreamforge import feed
+
+    monkeypatch.setattr(feed, "IDLE_S", 0.3)
+    runs = []
+    tail = feed.EventFeed._run
+
+    async def counted_run(self: feed.EventFeed) -> None:
+        runs.append(self)
+        await tail(self)
+
+    monkeypatch.setattr(feed.EventFeed, "_run", counted_run)
+    with TestClient(create_app(Settings(), heartbeat_s=0.05)) as client:
+        finished(client, svc)
+        assert runs == []  # submissions and a job's whole run: nothing watched, nothing read
+        for round_ in range(2):
+            job_id = submit(client, steps=6)
+            worker = run_job(svc, job_id, step_delay_s=0.05)
+            with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=SSE) as r:
+                frames = sse_frames(r.read().decode())
+            worker.join()
+            ids = [int(f["id"]) for f in frames]
+            assert ids == sorted(set(ids)) and ids == [e["id"] for e in svc.events(job_id)]
+            assert '"succeeded"' in frames[-1]["data"]
+            assert len(runs) == round_ + 1
+            # Nobody watches: the feed goes back to sleep (on PostgreSQL after its LISTEN's 1 s wait).
+            task = runs[-1]._task
+            wait_until(lambda task=task: task is None or task.done(), "the feed to go to sleep", timeout=5)
+
+
 def test_events_json_paging_and_bad_input(api, svc):
     job_id = finished(api, svc)
     stored = svc.events(job_id)
