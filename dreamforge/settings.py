@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # one (sent over https only, never logged), and whether plain http:// URLs are allowed.
     models_download_token: SecretStr | None = None
     models_allow_http: bool = False
+    # Whether a download asked for over HTTP (POST /v1/models) may reach loopback, private and
+    # link-local addresses: a mirror on the same host or LAN (registry/download.py).
+    models_allow_private: bool = False
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     vae_path: str | None = None

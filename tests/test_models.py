@@ -80,6 +80,8 @@ def tiny_sdxl_file(tiny_model) -> tuple[Path, Path]:
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     values = {"DF_DATA_DIR": str(tmp_path / "data"), "DF_MODELS_ROOT": str(tmp_path / "models"),
               "DF_FAKE_RUNNER": "1", "DF_FAKE_STEP_DELAY_S": "0", "DF_MODELS_ALLOW_HTTP": "1",
+              # The FileServer is on loopback, which POST /v1/models may reach only with this.
+              "DF_MODELS_ALLOW_PRIVATE": "1",
               "DF_GENERATE_MODEL_PATH": str(tmp_path / "seed-model.safetensors")}
     for name in list(os.environ):
         if name.startswith("DF_"):

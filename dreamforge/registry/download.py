@@ -7,6 +7,13 @@ changed file comes whole) and takes a 206 as the continuation or a 200 as a fres
 download that arrived whole, matches the sha256 given and has a sound SDXL header is renamed to
 its final name; a wrong checksum or a file that is not SDXL is deleted, an interrupted one is
 kept for the next try. A file lock keeps two downloads of one name apart.
+
+A URL that came over HTTP (POST /v1/models) is an API client's, so it could point the worker at
+the cloud's metadata service, at the worker's own host or at the private network: unless
+DF_MODELS_ALLOW_PRIVATE=1, its host must resolve, and only to public addresses, at submit and
+again at every hop of the download (the first request and each redirect), where the connection
+goes to the very address checked (dreamforge/addresses.py). ``df models add URL``, an operator's
+own command, is not restricted.
 """
 
 from __future__ import annotations
@@ -23,13 +30,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from dreamforge.addresses import literal_address, not_public, resolve
 from dreamforge.errors import DownloadFailed, InvalidRequest, ModelConflict, ModelRejected
 from dreamforge.registry import identify as ident
 from dreamforge.registry.records import redact_url
 from dreamforge.settings import Settings
 from dreamforge.text import cut
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +66,15 @@ def check_url(url: str, settings: Settings) -> None:
     """https (or http with DF_MODELS_ALLOW_HTTP=1), a host, and no more than 2048 characters."""
     from urllib.parse import urlsplit
 
-    shown = cut(redact_url(url), 200) if len(url) < 10_000 else "(a very long URL)"
     if len(url) > MAX_URL:
         raise InvalidRequest(f"the URL is over {MAX_URL} characters", details=[{"field": "source"}])
     try:
         parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed [ in the host: "Invalid IPv6 URL"
+        raise InvalidRequest(f"source is not a URL that can be read: {exc}",
+                             details=[{"field": "source", "message": str(exc)}]) from None
+    shown = cut(redact_url(url), 200)
+    try:
         host = parts.hostname
         parts.port  # noqa: B018 (raises ValueError for a port out of range)
     except ValueError:
@@ -72,15 +87,85 @@ def check_url(url: str, settings: Settings) -> None:
         raise InvalidRequest(f"{shown} is not an https:// URL", details=[{"field": "source"}])
 
 
+def check_public_source(url: str, settings: Settings) -> None:
+    """At POST /v1/models, before anything is queued: the URL passes ``check_url``, and its host
+    resolves only to public addresses (unless DF_MODELS_ALLOW_PRIVATE=1); InvalidRequest
+    otherwise. A name that does not resolve is refused too: its download could not succeed."""
+    from urllib.parse import urlsplit
+
+    check_url(url, settings)
+    if settings.models_allow_private:
+        return
+    parts = urlsplit(url)
+    assert parts.hostname is not None, "check_url refuses a URL without a host"
+    try:
+        public_addresses(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except DownloadFailed as exc:
+        raise InvalidRequest(exc.message, details=[{"field": "source", "message": exc.message}]) from None
+
+
+def public_addresses(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to now, when every one is public. DownloadFailed naming
+    only the host otherwise (the URL may carry a token): ``download_failed`` for an address that
+    is not public, ``download_interrupted`` for a name that does not resolve (maybe for now)."""
+    shown = cut(host, 100)
+    try:
+        addresses = resolve(host, port)
+    except (OSError, ValueError) as exc:  # socket.gaierror; UnicodeError, a NUL: not a name at all
+        raise _failed(f"the download host {shown!r} does not resolve ({cut(str(exc), 100)})",
+                      "download_interrupted", host=shown) from None
+    if not addresses:
+        raise _failed(f"the download host {shown!r} resolves to no address", "download_interrupted", host=shown)
+    if not_public(addresses) is not None:
+        # A name's addresses are not named: they would tell an API client what the private
+        # network's names point at.
+        what = "is not a public address" if literal_address(host) is not None else \
+            "resolves to an address that is not public"
+        raise _failed(f"the download host {shown!r} {what} (loopback, private, link-local and the like); downloads "
+                      "asked for over HTTP reach public hosts only (DF_MODELS_ALLOW_PRIVATE=1 allows a mirror on "
+                      "this host or LAN)", host=shown)
+    return addresses
+
+
+def _public_only_transport() -> httpx.BaseTransport:
+    """An httpx transport that sends each request (the first and every redirect) only to a
+    public address its host resolves to at that moment, and connects to that very address,
+    with TLS still verifying the certificate against the host's name (``sni_hostname``)."""
+    import httpx
+
+    # Made here because httpx is imported only when a download runs (about 0.1 s of start-up).
+    class PublicOnlyTransport(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            url = request.url
+            host = url.raw_host.decode("ascii")
+            address = public_addresses(host, url.port or (443 if url.scheme == "https" else 80))[0]
+            extensions = dict(request.extensions)
+            if url.scheme == "https":
+                extensions["sni_hostname"] = host
+            # A new request rather than the given one changed: httpx builds a redirect's next hop
+            # from the given one, whose URL must keep the name. The copied Host header names it.
+            pinned = httpx.Request(request.method, url.copy_with(host=address), headers=request.headers,
+                                   stream=request.stream, extensions=extensions)
+            return super().handle_request(pinned)
+
+    # No kept-alive connections: a connection made for one name is never reused for another that
+    # resolved to the same address (its certificate was checked for the first name only).
+    return PublicOnlyTransport(limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def _failed(message: str, code: str = "download_failed", **details: Any) -> DownloadFailed:
     return DownloadFailed(message, code=code, details=details or None)
 
 
 class Downloader:
-    def __init__(self, settings: Settings, root: Path, *, timeout_s: float = 30.0):
+    """``public_only``: the URL came from an API client, so every hop must reach a public
+    address (see the module's docstring)."""
+
+    def __init__(self, settings: Settings, root: Path, *, timeout_s: float = 30.0, public_only: bool = False):
         self.settings = settings
         self.root = root
         self.timeout_s = timeout_s
+        self.public_only = public_only
 
     def fetch(self, url: str, name: str, target: Path, *, expected_sha256: str | None = None,
               progress: Progress | None = None) -> Fetched:
@@ -148,9 +233,13 @@ class Downloader:
                 headers["If-Range"] = validator
         shown = redact_url(url)
         timeout = httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 15.0))
+        # No proxy from the environment for a public-only download: a proxy would connect
+        # wherever the name points.
+        guard: dict[str, Any] = {"transport": _public_only_transport(), "trust_env": False} \
+            if self.public_only else {}
         try:
             with httpx.Client(timeout=timeout, follow_redirects=True, max_redirects=10,
-                              event_hooks={"request": [self._check_redirect]}) as client, \
+                              event_hooks={"request": [self._check_redirect]}, **guard) as client, \
                     client.stream("GET", url, headers=headers) as response:
                 start, total = self._start(response, offset, partial, out, shown)
                 if start != offset:  # the server sent the whole file: hash it from the start

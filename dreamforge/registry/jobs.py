@@ -37,7 +37,8 @@ class DownloadRequest(BaseModel):
     type: Literal["download"] = "download"
     source: str = Field(min_length=1, max_length=MAX_URL, json_schema_extra={"pattern": URL_PATTERN},
                         description="An https:// URL of a .safetensors file (http:// only where the server "
-                                    "sets DF_MODELS_ALLOW_HTTP=1).")
+                                    "sets DF_MODELS_ALLOW_HTTP=1). Its host must resolve, and only to public "
+                                    "addresses, unless the server sets DF_MODELS_ALLOW_PRIVATE=1.")
     name: str | None = Field(default=None, json_schema_extra={"pattern": NAME_PATTERN},
                              description="The registry name; the URL's file name without .safetensors "
                                          "when absent.")
@@ -71,7 +72,10 @@ class DownloadProgress:
 
 def run_download(service: JobService, fence: Fence, params: dict[str, Any]) -> ModelRecord:
     """Download and register the model a download job asks for. Raises the registry's errors
-    (their codes become the job's), or LostJob when the job was canceled meanwhile."""
+    (their codes become the job's), or LostJob when the job was canceled meanwhile. Every download
+    job comes from POST /v1/models (``df models add`` downloads in its own process, queuing
+    nothing), so its URL is an API client's: each hop must reach a public address unless
+    DF_MODELS_ALLOW_PRIVATE=1."""
     request = DownloadRequest.model_validate(params)
     with ProgressReporter(service, fence) as reporter:
         def still_held() -> None:
@@ -81,4 +85,5 @@ def run_download(service: JobService, fence: Fence, params: dict[str, Any]) -> M
                 raise LostJob(fence.job_id)
 
         return service.models.add_url(request.source, request.name, request.sha256, make_default=request.default,
-                                      progress=DownloadProgress(reporter), before_register=still_held)
+                                      progress=DownloadProgress(reporter), before_register=still_held,
+                                      public_only=not service.settings.models_allow_private)

@@ -271,16 +271,17 @@ class ModelRegistry:
 
     def add_url(self, url: str, name: str | None = None, sha256: str | None = None, *,
                 make_default: bool = False, progress: Progress | None = None,
-                before_register: Callable[[], None] | None = None) -> ModelRecord:
+                before_register: Callable[[], None] | None = None, public_only: bool = False) -> ModelRecord:
         """Download a single-file checkpoint into the models root (resuming an earlier try) and
         register it. Nothing is registered, and no file is left under its final name, unless it
         arrived whole, matches ``sha256`` when one is given, and is an SDXL base checkpoint, and
-        ``before_register`` (a download job's check that it still holds the job) did not raise."""
+        ``before_register`` (a download job's check that it still holds the job) did not raise.
+        ``public_only``: every hop must reach a public address (a URL an API client gave)."""
         from dreamforge.registry.download import Downloader
 
         name, target = self.plan_download(url, name)
-        fetched = Downloader(self.settings, self.root).fetch(url, name, target, expected_sha256=sha256,
-                                                            progress=progress)
+        fetched = Downloader(self.settings, self.root, public_only=public_only).fetch(
+            url, name, target, expected_sha256=sha256, progress=progress)
         try:
             if before_register is not None:
                 before_register()

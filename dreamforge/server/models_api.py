@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dreamforge.errors import InvalidRequest
+from dreamforge.registry.download import check_public_source
 from dreamforge.registry.jobs import DownloadRequest, parse_download
 from dreamforge.registry.views import model_object
 from dreamforge.server.body import read_json
@@ -49,6 +50,9 @@ async def create_download(request: Request) -> Response:
         raise InvalidRequest("Idempotency-Key must be 1-255 visible ASCII characters",
                              details=[{"field": "Idempotency-Key", "message": "1-255 visible characters"}])
     download: DownloadRequest = parse_download(data)
+    # Here, not in the job service: the rule is for URLs from API clients; `df models add` is an
+    # operator's own (the worker checks every hop again, as a name may resolve elsewhere by then).
+    await run_in_threadpool(check_public_source, download.source, request.state.service.settings)
     submitted = await run_in_threadpool(request.state.service.submit_download, download,
                                         correlation_id=request.state.request_id, idempotency_key=key,
                                         idempotency_scope=idempotency_scope(request))

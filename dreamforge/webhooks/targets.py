@@ -10,13 +10,13 @@ followed. DF_WEBHOOK_ALLOW_PRIVATE=1 lifts the address rule (a receiver on the s
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+from dreamforge.addresses import literal_address, not_public
+from dreamforge.addresses import resolve as resolve_host
+
 MAX_URL = 2048
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class TargetRefused(ValueError):
@@ -51,48 +51,24 @@ def check_url(url: str) -> str:
     return parts.hostname
 
 
-def is_public(address: IPAddress) -> bool:
-    """A globally routable unicast address, also when it wraps an IPv4 one (mapped, 6to4, NAT64)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        inner = address.ipv4_mapped or address.sixtofour
-        if inner is None and address in _NAT64:
-            inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if inner is not None and not is_public(inner):
-            return False
-    return address.is_global and not address.is_multicast
-
-
-def literal_address(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return None
-
-
 def check_addresses(host: str, addresses: list[str], allow_private: bool) -> list[str]:
     """The addresses, if every one may be sent to (one private address among public ones is how a
     rebinding attack looks, so the name is refused)."""
     if not addresses:
         raise TargetRefused(f"webhook host {host[:100]!r} resolves to no address")
-    if not allow_private:
-        for text in addresses:
-            address = literal_address(text)
-            if address is None or not is_public(address):
-                where = "is" if literal_address(host) is not None else "resolves to"
-                raise TargetRefused(f"webhook host {host[:100]!r} {where} {text}, not a public address "
-                                    "(DF_WEBHOOK_ALLOW_PRIVATE=1 allows it)")
+    if not allow_private and (text := not_public(addresses)) is not None:
+        where = "is" if literal_address(host) is not None else "resolves to"
+        raise TargetRefused(f"webhook host {host[:100]!r} {where} {text}, not a public address "
+                            "(DF_WEBHOOK_ALLOW_PRIVATE=1 allows it)")
     return addresses
 
 
 def resolve(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to (itself when it is an address)."""
-    if literal_address(host) is not None:
-        return [host.strip("[]")]
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return resolve_host(host, port)
     except (socket.gaierror, UnicodeError) as exc:
         raise Unresolvable(f"webhook host {host[:100]!r} does not resolve ({exc})") from None
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def default_port(url: str) -> int:
