@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     # Model downloads (`df models add URL`, POST /v1/models): a bearer token for hubs that want
     # one (sent over https only, never logged), and whether plain http:// URLs are allowed.
     models_download_token: SecretStr | None = None
+    # The hosts that token goes to (and their subdomains): a download URL comes from whoever calls
+    # POST /v1/models, and any other host would be handed the operator's token.
+    models_token_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["huggingface.co", "civitai.com"])
     models_allow_http: bool = False
     # Whether a download asked for over HTTP (POST /v1/models) may reach loopback, private and
     # link-local addresses: a mirror on the same host or LAN (registry/download.py).
@@ -167,7 +171,7 @@ class Settings(BaseSettings):
     upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
     upload_max_side: int = Field(default=2048, ge=64, le=4096)
 
-    @field_validator("webhook_urls", "webhook_events", mode="before")
+    @field_validator("webhook_urls", "webhook_events", "models_token_hosts", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         from dreamforge.webhooks.config import split_list

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from dreamforge import addresses
+from dreamforge.errors import DownloadFailed
 from dreamforge.service import JobService
 from dreamforge.settings import Settings
 from tests.test_models import FileServer, env, hand_made_sdxl, run_queued  # noqa: F401 (env: a fixture)
@@ -271,3 +272,38 @@ def test_df_models_add_of_a_loopback_url_works_from_the_cli(strict, checkpoint):
     added = CliRunner().invoke(app, ["models", "add", checkpoint.url, "--name", "local", "--json"])
     assert added.exit_code == 0, added.output
     assert json.loads(added.stdout)["sha256"] == hashlib.sha256(checkpoint.payload).hexdigest()
+
+
+# -- the operator's hub token ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("token_hosts", "sent"), [(None, False), ("example", True), ("huggingface.co, example", True),
+                                                   ("ample", False), ("mirror.example.evil", False)])
+def test_the_download_token_goes_only_to_the_hosts_named_for_it(env, checkpoint, dns, tmp_path, monkeypatch,  # noqa: F811
+                                                                token_hosts, sent):
+    """Whoever may call POST /v1/models picks the URL: DF_MODELS_DOWNLOAD_TOKEN goes to the hosts in
+    DF_MODELS_TOKEN_HOSTS (and their subdomains) only, over https; by default the hubs'."""
+    cert, key = self_signed(tmp_path, MIRROR)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    checkpoint.httpd.socket = context.wrap_socket(checkpoint.httpd.socket, server_side=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setenv("DF_MODELS_DOWNLOAD_TOKEN", "hf_operators_own")
+    if token_hosts is not None:
+        monkeypatch.setenv("DF_MODELS_TOKEN_HOSTS", token_hosts)
+    dns.answers[MIRROR] = [["127.0.0.1"]]
+    svc = JobService.from_settings(Settings())
+    try:
+        checkpoint.status = 401
+        source = f"https://{MIRROR}:{checkpoint.httpd.server_address[1]}/model.safetensors"
+        with pytest.raises(DownloadFailed) as refused:
+            svc.models.add_url(source, "hub")
+        said = refused.value.message
+        if sent:
+            assert checkpoint.requests[-1]["authorization"] == "Bearer hf_operators_own"
+            assert "the token was refused" in said
+        else:
+            assert "authorization" not in checkpoint.requests[-1]
+            assert "DF_MODELS_TOKEN_HOSTS" in said and MIRROR in said
+        assert "hf_operators_own" not in said
+    finally:
+        svc.close()

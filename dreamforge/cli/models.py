@@ -165,7 +165,8 @@ def add(
     checking what it is and that it is whole. A URL is downloaded into
     the models root (DF_MODELS_ROOT, else <DF_DATA_DIR>/models): resumed after an interruption,
     checked against --sha256, and renamed into place only when complete; http:// needs
-    DF_MODELS_ALLOW_HTTP=1, and DF_MODELS_DOWNLOAD_TOKEN is sent as a bearer token (https only)."""
+    DF_MODELS_ALLOW_HTTP=1, and DF_MODELS_DOWNLOAD_TOKEN is sent as a bearer token (https, to the
+    hosts in DF_MODELS_TOKEN_HOSTS only)."""
     from rich.text import Text
 
     from dreamforge.errors import InvalidRequest

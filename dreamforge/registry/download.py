@@ -153,6 +153,18 @@ def _public_only_transport() -> httpx.BaseTransport:
     return PublicOnlyTransport(limits=httpx.Limits(max_keepalive_connections=0))
 
 
+def token_may_go_to(url: str, hosts: list[str]) -> bool:
+    """DF_MODELS_DOWNLOAD_TOKEN goes over https only, and only to the hosts DF_MODELS_TOKEN_HOSTS
+    names or their subdomains: anyone who may call POST /v1/models picks the URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    return parts.scheme == "https" and any(
+        host == allowed or host.endswith("." + allowed)
+        for allowed in (h.strip().lower().rstrip(".") for h in hosts) if allowed)
+
+
 def _failed(message: str, code: str = "download_failed", **details: Any) -> DownloadFailed:
     return DownloadFailed(message, code=code, details=details or None)
 
@@ -224,7 +236,8 @@ class Downloader:
                     digest.update(chunk)
         headers = {"Accept-Encoding": "identity"}
         token = self.settings.models_download_token
-        if token is not None and url.startswith("https://"):
+        if token is not None and token_may_go_to(url, self.settings.models_token_hosts):
+            # httpx drops it on a redirect to another host (a hub's signed CDN URL needs none).
             headers["Authorization"] = f"Bearer {token.get_secret_value()}"
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -313,8 +326,13 @@ class Downloader:
                           "try again", "download_interrupted")
         hint = ""
         if status in (401, 403):
-            hint = ("; set DF_MODELS_DOWNLOAD_TOKEN if the hub wants a token" if
-                    self.settings.models_download_token is None else "; the token was refused")
+            if self.settings.models_download_token is None:
+                hint = "; set DF_MODELS_DOWNLOAD_TOKEN if the hub wants a token"
+            elif "authorization" in response.request.headers:
+                hint = "; the token was refused"
+            else:
+                hint = (f"; DF_MODELS_DOWNLOAD_TOKEN was not sent to {cut(response.request.url.host, 100)!r} "
+                        "(over https to the hosts in DF_MODELS_TOKEN_HOSTS only)")
         raise _failed(f"{shown} answered HTTP {status}{hint}", http_status=status)
 
     def _drop(self, partial: Path, out: IO[bytes]) -> None:
