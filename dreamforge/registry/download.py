@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from dreamforge.addresses import literal_address, not_public, resolve
+from dreamforge.addresses import default_port, literal_address, not_public, resolve
 from dreamforge.errors import DownloadFailed, InvalidRequest, ModelConflict, ModelRejected
 from dreamforge.registry import identify as ident
 from dreamforge.registry.records import redact_url
@@ -99,7 +99,7 @@ def check_public_source(url: str, settings: Settings) -> None:
     parts = urlsplit(url)
     assert parts.hostname is not None, "check_url refuses a URL without a host"
     try:
-        public_addresses(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        public_addresses(parts.hostname, default_port(url))
     except DownloadFailed as exc:
         raise InvalidRequest(exc.message, details=[{"field": "source", "message": exc.message}]) from None
 
@@ -138,7 +138,7 @@ def _public_only_transport() -> httpx.BaseTransport:
         def handle_request(self, request: httpx.Request) -> httpx.Response:
             url = request.url
             host = url.raw_host.decode("ascii")
-            address = public_addresses(host, url.port or (443 if url.scheme == "https" else 80))[0]
+            address = public_addresses(host, default_port(str(url)))[0]
             extensions = dict(request.extensions)
             if url.scheme == "https":
                 extensions["sni_hostname"] = host

@@ -24,8 +24,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dreamforge import __version__
+from dreamforge.addresses import default_port
 from dreamforge.errors import DreamForgeError, JobNotFound
-from dreamforge.webhooks.targets import TargetRefused, Unresolvable, check_addresses, check_url, default_port, resolve
+from dreamforge.webhooks.targets import TargetRefused, Unresolvable, check_addresses, check_url, resolve
 
 if TYPE_CHECKING:
     import httpx

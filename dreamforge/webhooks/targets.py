@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlsplit
 
-from dreamforge.addresses import literal_address, not_public
+from dreamforge.addresses import default_port, literal_address, not_public
 from dreamforge.addresses import resolve as resolve_host
 
 MAX_URL = 2048
@@ -69,11 +69,6 @@ def resolve(host: str, port: int) -> list[str]:
         return resolve_host(host, port)
     except (socket.gaierror, UnicodeError) as exc:
         raise Unresolvable(f"webhook host {host[:100]!r} does not resolve ({exc})") from None
-
-
-def default_port(url: str) -> int:
-    parts = urlsplit(url)
-    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def check_target(url: str, allow_private: bool) -> list[str]:
