@@ -101,25 +101,23 @@ for spec in "${WHEELS[@]}"; do fetch "$spec" "$dest"; done
 for spare in "${SPARES[@]}"; do fetch "${spare%% *}" "$dest/spare"; done
 
 # Nothing but the wheels asked for: a stray download (a source archive, an old version) goes.
-expected=()
-for spec in "${WHEELS[@]}"; do expected+=("$(wheel_prefix "$spec")"); done
-for f in "$dest"/*; do
-  [ -d "$f" ] && continue
-  base="$(basename "$f")"; keep=
-  for prefix in "${expected[@]}"; do
-    if [[ "${base,,}" == "${prefix}"*.whl ]]; then keep=1; fi
+remove_strays() {  # folder spec...: what in the folder is no wheel of a spec (the spare folder aside)
+  local into="$1" f base keep prefix spec prefixes=()
+  shift
+  for spec in "$@"; do prefixes+=("$(wheel_prefix "$spec")"); done
+  for f in "$into"/*; do
+    [ "$into" = "$dest" ] && [ -d "$f" ] && continue
+    base="$(basename "$f")"; keep=
+    for prefix in "${prefixes[@]}"; do
+      if [[ "${base,,}" == "${prefix}"*.whl ]]; then keep=1; fi
+    done
+    [ -n "$keep" ] || { echo "removing stray $f" >&2; rm -rf -- "$f"; }
   done
-  [ -n "$keep" ] || { echo "removing stray $f" >&2; rm -f -- "$f"; }
-done
-expected=()
-for spare in "${SPARES[@]}"; do expected+=("$(wheel_prefix "${spare%% *}")"); done
-for f in "$dest/spare"/*; do
-  base="$(basename "$f")"; keep=
-  for prefix in "${expected[@]}"; do
-    if [[ "${base,,}" == "${prefix}"*.whl ]]; then keep=1; fi
-  done
-  [ -n "$keep" ] || { echo "removing stray $f" >&2; rm -rf -- "$f"; }
-done
+}
+remove_strays "$dest" "${WHEELS[@]}"
+spare_specs=()
+for spare in "${SPARES[@]}"; do spare_specs+=("${spare%% *}"); done
+remove_strays "$dest/spare" "${spare_specs[@]}"
 
 echo "wheels in $dest (Python $python_version):"
 (cd "$dest" && find . -name '*.whl' -printf '%s %P\n' | sort -k2 | awk '{printf "  %7.0fK  %s\n", $1 / 1024, $2}')
