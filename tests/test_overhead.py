@@ -36,9 +36,10 @@ def service() -> JobService:
 
 @contextmanager
 def statements(svc: JobService) -> Iterator[list[str]]:
-    """Every statement the job store sends while the block runs: those through the engine (BEGIN
-    and COMMIT of the driver included on SQLite, where the store issues them itself), and
-    PostgreSQL's one-statement moves, which go to the driver directly (JobStore._statement)."""
+    """Every statement the job store sends while the block runs through the engine, and
+    PostgreSQL's one-statement moves, which go to the driver directly (JobStore._statement).
+    On SQLite, the BEGIN the store issues itself and a POST's rows (JobStore._driver_write) go to
+    the driver and are not seen here; the test below checks those rows."""
     sent: list[str] = []
     store = svc.job_store
     one_statement = store._statement

@@ -93,7 +93,8 @@ def parse_json(raw: bytes) -> Any:
         raise BadJson(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:  # belt and braces: _check_depth should have refused it
         raise BadJson(f"nested deeper than {MAX_DEPTH} levels") from None
-    _check_strings(value)
+    if "\\u" in text:  # a lone surrogate can only come from an escape: valid UTF-8 holds none
+        _check_strings(value)
     return value
 
 
