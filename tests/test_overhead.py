@@ -213,6 +213,34 @@ def test_a_post_on_sqlite_stores_the_rows_a_core_insert_stores(df_env):
         raise AssertionError("a reused key with another request was not refused")
 
 
+def test_a_post_that_fails_midway_on_sqlite_leaves_no_row_and_the_store_goes_on(df_env, monkeypatch):
+    """The POST's driver-level transaction (SQLite): an error after the job's row rolls the row
+    back, comes out as Core's error (so the API answers 503, not 500), and leaves the pooled
+    connection fit for the next POST."""
+    if "DF_DATABASE_URL" in df_env:
+        return  # PostgreSQL's create is one statement
+    import pytest
+
+    from dreamforge.errors import BackendUnavailable
+
+    svc = service()
+    create = svc.job_store._sqlite_create
+    assert create is not None
+    real_event = create.event
+
+    def disk_went_away(driver, params):
+        raise sa.exc.OperationalError("INSERT INTO events", None, Exception("disk I/O error"))
+
+    monkeypatch.setattr(create, "event", disk_went_away)
+    with pytest.raises(BackendUnavailable):
+        svc.submit(request(seed=1))
+    assert sum(svc.job_store.counts().values()) == 0
+    monkeypatch.setattr(create, "event", real_event)
+    for seed in (2, 3):  # every pooled connection is out of its transaction
+        assert svc.get(svc.submit(request(seed=seed)).view.id).status.value == "queued"
+    assert sum(svc.job_store.counts().values()) == 2
+
+
 def test_progress_reporters_write_each_jobs_last_value_and_notice_a_cancel(df_env):
     """Reporters of several running jobs at once: each job's last value is written before wait()
     returns, and a job canceled under its reporter stops the run at its next report (LostJob)."""
