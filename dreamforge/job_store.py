@@ -435,6 +435,11 @@ class JobStore:
         self.outbox: Outbox | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
+    @property
+    def one_writer_at_a_time(self) -> bool:
+        """SQLite: writes from this process queue on one lock, whatever the number of threads."""
+        return not self._postgres
+
     def schema_revision(self) -> str | None:
         with self.read() as conn:
             return migrate.current_revision(conn)

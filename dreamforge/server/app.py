@@ -19,6 +19,7 @@ from dreamforge.schemas import JobView, parse_request, parse_rerun
 from dreamforge.server import content, models_api, openai_images, uploads_api, watch, web
 from dreamforge.server.body import read_json
 from dreamforge.server.errors import EXCEPTION_HANDLERS, envelope
+from dreamforge.server.lane import SubmitLane
 from dreamforge.server.metrics import make_registry, metrics_text
 from dreamforge.server.middleware import VISIBLE, RequestContext
 from dreamforge.server.query import ListQuery, NoQuery, parse_query
@@ -81,9 +82,9 @@ async def create_job(request: Request) -> Response:
     data = await read_json(request)
     key = idempotency_key(request)
     job_request = parse_request(data)  # strict: the model refuses `true` or "64" for an integer
-    submitted = await run_in_threadpool(_service(request).submit, job_request,
-                                        correlation_id=request.state.request_id, idempotency_key=key,
-                                        idempotency_scope=idempotency_scope(request))
+    submitted = await request.state.submit_lane.submit(job_request, correlation_id=request.state.request_id,
+                                                       idempotency_key=key,
+                                                       idempotency_scope=idempotency_scope(request))
     headers = {"Location": f"/v1/jobs/{submitted.view.id}"}
     if not submitted.created:
         headers["Idempotent-Replayed"] = "true"
@@ -216,10 +217,12 @@ def create_app(settings: Settings, *, service: JobService | None = None,
         if deliverer is not None:
             deliverer.start()
         feed = svc.event_feed()  # one per process, awake while someone watches: every stream waits on it
+        lane = SubmitLane(svc)
         try:
-            yield {"service": svc, "metrics": make_registry(svc), "feed": feed,
+            yield {"service": svc, "metrics": make_registry(svc), "feed": feed, "submit_lane": lane,
                    "heartbeat_s": heartbeat_s}
         finally:
+            await run_in_threadpool(lane.close)
             await feed.stop()
             if deliverer is not None:
                 await run_in_threadpool(deliverer.stop)

@@ -163,8 +163,9 @@ async def _generate(request: Request) -> Response:
     job_request, response_format = _to_job_request(data)
     service, feed = request.state.service, request.state.feed
     mark = await feed.position()  # before the submit: the feed then carries every event of the job
-    submitted = await run_in_threadpool(service.submit, job_request, correlation_id=request.state.request_id,
-                                        idempotency_key=key, idempotency_scope=idempotency_scope(request))
+    submitted = await request.state.submit_lane.submit(job_request, correlation_id=request.state.request_id,
+                                                       idempotency_key=key,
+                                                       idempotency_scope=idempotency_scope(request))
     job_id = submitted.view.id
     view = await _wait_for_end(request, submitted.view, mark, service.settings.openai_wait_s)
     if view is None:
