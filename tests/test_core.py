@@ -87,6 +87,12 @@ def test_worker_process_does_the_work(df_env, start_worker, tmp_path):
     assert job["worker_id"] is None or job["worker_id"].startswith("worker:")
     assert f"[job={view['id']}" in worker.log()
     assert worker.stop(signal.SIGTERM) == 0
+    # The job's own lines carry its id; Huey's per-task lines (its own task id) are not logged,
+    # its consumer's lines are.
+    log = worker.log()
+    assert f"[job={view['id']} request_id=" in log and "] succeeded: 1 image(s)" in log
+    assert "Executing dreamforge" not in log and " executed in " not in log
+    assert "huey.consumer: Received SIGTERM" in log
 
 
 def test_jobs_list_show_watch_status_json(df_env):
