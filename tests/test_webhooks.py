@@ -277,9 +277,18 @@ def test_a_slow_receiver_does_not_slow_the_job(svc, receiver, deliverer):
     "http://169.254.169.254/latest/meta-data", "http://[::1]/x", "http://[::ffff:10.0.0.1]/",
     "http://0.0.0.0/", "http://224.0.0.1/", "http://100.64.0.1/", "http://[fe80::1]/"])
 def test_private_targets_are_refused(url):
-    with pytest.raises(TargetRefused, match="not a public address"):
+    with pytest.raises(TargetRefused, match=r"not a public address|resolves to an address that is not public"):
         check_target(url, allow_private=False)
     assert check_target(url, allow_private=True)
+
+
+def test_a_refused_name_is_named_but_not_what_it_resolves_to():
+    """What a private name points at is the private network's business, not an API client's."""
+    with pytest.raises(TargetRefused) as refused:
+        check_target("http://localhost:8080/hook", allow_private=False)
+    message = str(refused.value)
+    assert "'localhost' resolves to an address that is not public" in message
+    assert "127.0.0.1" not in message and "::1" not in message
 
 
 def test_refused_at_submit_over_http_and_at_delivery(hooks_env, monkeypatch, receiver):

@@ -56,10 +56,13 @@ def check_addresses(host: str, addresses: list[str], allow_private: bool) -> lis
     rebinding attack looks, so the name is refused)."""
     if not addresses:
         raise TargetRefused(f"webhook host {host[:100]!r} resolves to no address")
-    if not allow_private and (text := not_public(addresses)) is not None:
-        where = "is" if literal_address(host) is not None else "resolves to"
-        raise TargetRefused(f"webhook host {host[:100]!r} {where} {text}, not a public address "
-                            "(DF_WEBHOOK_ALLOW_PRIVATE=1 allows it)")
+    if not allow_private and not_public(addresses) is not None:
+        # A name's addresses are not named: they would tell an API client what the private
+        # network's names point at (as for model downloads, registry/download.py).
+        what = "is not a public address" if literal_address(host) is not None else \
+            "resolves to an address that is not public"
+        raise TargetRefused(f"webhook host {host[:100]!r} {what} (loopback, private, link-local and the like; "
+                            "DF_WEBHOOK_ALLOW_PRIVATE=1 allows it)")
     return addresses
 
 
