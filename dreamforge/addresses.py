@@ -45,6 +45,16 @@ def not_public(addresses: list[str]) -> str | None:
     return None
 
 
+def why_not_public(host: str, addresses: list[str]) -> str | None:
+    """How ``host`` fails the rule when one of its ``addresses`` is not public, else None. A
+    name's addresses are not named: they would tell an API client what the private network's
+    names point at."""
+    if not_public(addresses) is None:
+        return None
+    return "is not a public address" if literal_address(host) is not None else \
+        "resolves to an address that is not public"
+
+
 def resolve(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to (itself when it is an address). A name that does not
     resolve raises socket.gaierror, or UnicodeError when it can't be encoded as one."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from dreamforge.addresses import default_port, literal_address, not_public, resolve
+from dreamforge.addresses import default_port, resolve, why_not_public
 from dreamforge.errors import DownloadFailed, InvalidRequest, ModelConflict, ModelRejected
 from dreamforge.registry import identify as ident
 from dreamforge.registry.records import redact_url
@@ -116,11 +116,7 @@ def public_addresses(host: str, port: int) -> list[str]:
                       "download_interrupted", host=shown) from None
     if not addresses:
         raise _failed(f"the download host {shown!r} resolves to no address", "download_interrupted", host=shown)
-    if not_public(addresses) is not None:
-        # A name's addresses are not named: they would tell an API client what the private
-        # network's names point at.
-        what = "is not a public address" if literal_address(host) is not None else \
-            "resolves to an address that is not public"
+    if (what := why_not_public(host, addresses)) is not None:
         raise _failed(f"the download host {shown!r} {what} (loopback, private, link-local and the like); downloads "
                       "asked for over HTTP reach public hosts only (DF_MODELS_ALLOW_PRIVATE=1 allows a mirror on "
                       "this host or LAN)", host=shown)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlsplit
 
-from dreamforge.addresses import default_port, literal_address, not_public
+from dreamforge.addresses import default_port, why_not_public
 from dreamforge.addresses import resolve as resolve_host
 
 MAX_URL = 2048
@@ -56,11 +56,7 @@ def check_addresses(host: str, addresses: list[str], allow_private: bool) -> lis
     rebinding attack looks, so the name is refused)."""
     if not addresses:
         raise TargetRefused(f"webhook host {host[:100]!r} resolves to no address")
-    if not allow_private and not_public(addresses) is not None:
-        # A name's addresses are not named: they would tell an API client what the private
-        # network's names point at (as for model downloads, registry/download.py).
-        what = "is not a public address" if literal_address(host) is not None else \
-            "resolves to an address that is not public"
+    if not allow_private and (what := why_not_public(host, addresses)) is not None:
         raise TargetRefused(f"webhook host {host[:100]!r} {what} (loopback, private, link-local and the like; "
                             "DF_WEBHOOK_ALLOW_PRIVATE=1 allows it)")
     return addresses
